@@ -1,0 +1,226 @@
+//! X509-SVID validation per the SPIFFE X509-SVID standard.
+//!
+//! The order matters: the peer's trust domain is read from the leaf's URI SAN first, because
+//! the chain must be validated against the bundle of *that* trust domain and no other.
+//! A certificate from trust domain A that happens to chain to B's CA is rejected.
+
+use rustls::pki_types::{CertificateDer, UnixTime};
+use thiserror::Error;
+use webpki::{EndEntityCert, KeyUsage};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+use crate::bundle::BundleSet;
+use crate::spiffe_id::SpiffeId;
+
+/// id-kp-serverAuth (1.3.6.1.5.5.7.3.1), DER content octets.
+const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+/// id-kp-clientAuth (1.3.6.1.5.5.7.3.2), DER content octets.
+const EKU_CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
+
+/// Which side of a handshake the certificate is presented for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// The peer is a TLS client (we are the inbound server).
+    Client,
+    /// The peer is a TLS server (we are the outbound client).
+    Server,
+}
+
+/// Why a certificate is not an acceptable X509-SVID.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SvidError {
+    #[error("certificate is not valid DER X.509: {0}")]
+    Malformed(String),
+    #[error("leaf certificate has no URI SAN (an X509-SVID carries its SPIFFE ID there)")]
+    NoUriSan,
+    #[error("leaf certificate has {0} URI SANs; an X509-SVID has exactly one")]
+    MultipleUriSans(usize),
+    #[error("URI SAN {uri:?} is not a valid SPIFFE ID: {reason}")]
+    InvalidSpiffeId { uri: String, reason: String },
+    #[error("SPIFFE ID {0} has no path; a workload SVID needs one")]
+    NotAWorkloadId(String),
+    #[error("leaf certificate is a CA (basicConstraints cA=true)")]
+    LeafIsCa,
+    #[error("leaf certificate has no keyUsage extension")]
+    NoKeyUsage,
+    #[error("leaf certificate's keyUsage extension is not critical")]
+    KeyUsageNotCritical,
+    #[error("leaf certificate's keyUsage lacks digitalSignature")]
+    NoDigitalSignature,
+    #[error("leaf certificate's keyUsage has keyCertSign or cRLSign")]
+    LeafCanSign,
+    #[error("leaf certificate's extendedKeyUsage lacks serverAuth or clientAuth")]
+    ExtendedKeyUsage,
+    #[error("signing certificate in the chain carries a SPIFFE ID with a path ({0})")]
+    SigningCertWithPath(String),
+    #[error("no trust bundle for trust domain {0:?}")]
+    UnknownTrustDomain(String),
+    #[error("certificate chain does not lead to the trust bundle of {trust_domain:?}: {detail}")]
+    Untrusted {
+        trust_domain: String,
+        detail: String,
+    },
+    #[error("certificate expired")]
+    Expired,
+    #[error("certificate is not valid yet")]
+    NotYetValid,
+    #[error("peer presented {presented}, expected {expected}")]
+    IdentityMismatch { expected: String, presented: String },
+}
+
+impl SvidError {
+    /// The handshake-failure class this error is counted under in metrics.
+    pub fn failure(&self) -> crate::HandshakeFailure {
+        use crate::HandshakeFailure as F;
+        match self {
+            SvidError::UnknownTrustDomain(_) | SvidError::Untrusted { .. } => F::Untrusted,
+            SvidError::Expired | SvidError::NotYetValid => F::Expired,
+            SvidError::IdentityMismatch { .. } => F::IdentityMismatch,
+            _ => F::BadSvid,
+        }
+    }
+}
+
+/// Reads the SPIFFE ID of a certificate that has already been validated.
+///
+/// Used after a handshake to name the peer; it repeats only the SAN extraction, not the
+/// checks, and so must never be used to *decide* whether a certificate is acceptable.
+pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, SvidError> {
+    let (_, x509) =
+        X509Certificate::from_der(cert).map_err(|e| SvidError::Malformed(e.to_string()))?;
+    let id = single_spiffe_uri(&x509)?;
+    SpiffeId::parse(id).map_err(|e| SvidError::InvalidSpiffeId {
+        uri: id.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, SvidError> {
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| SvidError::Malformed(e.to_string()))?;
+    Ok(san
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(uri) => Some(*uri),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn single_spiffe_uri<'a>(cert: &'a X509Certificate<'_>) -> Result<&'a str, SvidError> {
+    let uris = uri_sans(cert)?;
+    match uris.as_slice() {
+        [] => Err(SvidError::NoUriSan),
+        [one] => Ok(one),
+        many => Err(SvidError::MultipleUriSans(many.len())),
+    }
+}
+
+/// Checks the leaf-certificate rules of the X509-SVID standard (not the chain).
+pub fn check_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
+    let uri = single_spiffe_uri(cert)?;
+    let id = SpiffeId::parse(uri).map_err(|e| SvidError::InvalidSpiffeId {
+        uri: uri.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if !id.is_workload() {
+        return Err(SvidError::NotAWorkloadId(id.to_string()));
+    }
+    let bc = cert
+        .basic_constraints()
+        .map_err(|e| SvidError::Malformed(e.to_string()))?;
+    if bc.is_some_and(|bc| bc.value.ca) {
+        return Err(SvidError::LeafIsCa);
+    }
+    let ku = cert
+        .key_usage()
+        .map_err(|e| SvidError::Malformed(e.to_string()))?
+        .ok_or(SvidError::NoKeyUsage)?;
+    if !ku.critical {
+        return Err(SvidError::KeyUsageNotCritical);
+    }
+    if !ku.value.digital_signature() {
+        return Err(SvidError::NoDigitalSignature);
+    }
+    if ku.value.key_cert_sign() || ku.value.crl_sign() {
+        return Err(SvidError::LeafCanSign);
+    }
+    let eku = cert
+        .extended_key_usage()
+        .map_err(|e| SvidError::Malformed(e.to_string()))?;
+    if let Some(eku) = eku
+        && !(eku.value.any || (eku.value.server_auth && eku.value.client_auth))
+    {
+        return Err(SvidError::ExtendedKeyUsage);
+    }
+    Ok(id)
+}
+
+fn check_signing_cert(der: &CertificateDer<'_>) -> Result<(), SvidError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| SvidError::Malformed(e.to_string()))?;
+    for uri in uri_sans(&cert)? {
+        if let Ok(id) = SpiffeId::parse(uri)
+            && id.is_workload()
+        {
+            return Err(SvidError::SigningCertWithPath(id.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Validates a peer's X509-SVID: leaf rules, then RFC 5280 path validation at `now` against
+/// the bundle of the leaf's own trust domain. Returns the peer's SPIFFE ID.
+pub fn validate(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    bundles: &BundleSet,
+    now: UnixTime,
+    usage: Usage,
+) -> Result<SpiffeId, SvidError> {
+    let (_, cert) =
+        X509Certificate::from_der(leaf).map_err(|e| SvidError::Malformed(e.to_string()))?;
+    let id = check_leaf(&cert)?;
+    for der in intermediates {
+        check_signing_cert(der)?;
+    }
+    let bundle = bundles
+        .get(id.trust_domain_name())
+        .ok_or_else(|| SvidError::UnknownTrustDomain(id.trust_domain_name().to_owned()))?;
+    let ee = EndEntityCert::try_from(leaf).map_err(|e| SvidError::Malformed(e.to_string()))?;
+    let eku = match usage {
+        Usage::Client => KeyUsage::required_if_present(EKU_CLIENT_AUTH),
+        Usage::Server => KeyUsage::required_if_present(EKU_SERVER_AUTH),
+    };
+    ee.verify_for_usage(
+        crate::verifier::signature_algorithms().all,
+        bundle.trust_anchors(),
+        intermediates,
+        now,
+        eku,
+        None,
+        None,
+    )
+    .map_err(|e| match e {
+        webpki::Error::CertExpired { .. } => SvidError::Expired,
+        webpki::Error::CertNotValidYet { .. } => SvidError::NotYetValid,
+        webpki::Error::UnknownIssuer
+        | webpki::Error::InvalidSignatureForPublicKey
+        | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
+        | webpki::Error::CaUsedAsEndEntity
+        | webpki::Error::EndEntityUsedAsCa => SvidError::Untrusted {
+            trust_domain: id.trust_domain_name().to_owned(),
+            detail: format!("{e:?}"),
+        },
+        other => SvidError::Malformed(format!("{other:?}")),
+    })?;
+    Ok(id)
+}

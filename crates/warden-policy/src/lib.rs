@@ -1,0 +1,27 @@
+//! Warden's allowlist: the policy model, peer patterns, the policy file format, and the
+//! compiled snapshot whose [`PolicySnapshot::decide`] answers "may this peer use this
+//! listener?" with the rule or the reason.
+//!
+//! This crate owns *whether an already-validated identity is allowed*. It never validates
+//! certificates (that is `warden-identity`), and it is pure: no I/O, no async, no clock.
+//!
+//! It must never allow on error or absence. No policy, an unknown listener, an empty
+//! allowlist, a pattern or file that does not parse: each of these is a deny (or a
+//! rejected input that leaves the previous, equally default-deny, state in place). The only
+//! way to an `allowed: true` decision is a rule that matches the peer. An empty list never
+//! widens access, and the pattern language has no form that matches "anything".
+#![forbid(unsafe_code)]
+
+pub mod file;
+pub mod model;
+pub mod pattern;
+pub mod snapshot;
+
+pub use file::{Format, PolicyFileError, parse_policy_file, parse_policy_file_as, to_toml};
+pub use model::{
+    Direction, ListenerNameError, MAX_LISTENER_NAME_LEN, ModelError, WorkloadPolicy,
+    validate_listener_name,
+};
+pub use pattern::{Pattern, PatternError};
+pub use snapshot::{Decision, PolicySnapshot, PolicySource, Reason};
+pub use warden_identity::{SpiffeId, SpiffeIdError};

@@ -1,0 +1,311 @@
+//! The policy of one workload: who may call it on each inbound listener and whom it may
+//! call through each outbound listener.
+//!
+//! `WorkloadPolicy` (de)serializes as JSON in the shape of a policy-file `[[workload]]`
+//! entry plus the control plane's metadata; the sidecar's last-known-good cache and the
+//! control plane's store both use it. Deserializing validates everything (IDs, patterns,
+//! listener names, unknown fields), because a cache or a message that is only half
+//! understood must be rejected, never half applied.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize, Serializer};
+use warden_identity::{SpiffeId, SpiffeIdError};
+
+use crate::pattern::Pattern;
+
+/// Which side of the sidecar a decision is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// A peer calling this workload.
+    Inbound,
+    /// This workload calling an upstream.
+    Outbound,
+}
+
+impl Direction {
+    /// The metric label / config key: `inbound` or `outbound`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Longest listener name. Names end up in metric labels and log lines, so they are kept
+/// short and free of characters that need quoting anywhere.
+pub const MAX_LISTENER_NAME_LEN: usize = 64;
+
+/// Why a listener name was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListenerNameError {
+    #[error("listener name is empty")]
+    Empty,
+    #[error("listener name is {0} bytes long, but at most 64 are allowed")]
+    TooLong(usize),
+    #[error("listener name contains {0:?}, but only A-Z, a-z, 0-9, '_' and '-' are allowed")]
+    BadChar(char),
+}
+
+/// Checks a listener name against `[A-Za-z0-9_-]{1,64}`.
+pub fn validate_listener_name(name: &str) -> Result<(), ListenerNameError> {
+    if name.is_empty() {
+        return Err(ListenerNameError::Empty);
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(ListenerNameError::BadChar(c));
+    }
+    if name.len() > MAX_LISTENER_NAME_LEN {
+        return Err(ListenerNameError::TooLong(name.len()));
+    }
+    Ok(())
+}
+
+/// Why a serialized `WorkloadPolicy` was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("spiffe_id {value:?}: {reason}")]
+    SpiffeId {
+        value: String,
+        reason: SpiffeIdError,
+    },
+    #[error("spiffe_id {0:?} names a trust domain, not a workload (a path is required)")]
+    NotWorkload(String),
+    #[error("{direction}.{name:?}: {reason}")]
+    ListenerName {
+        direction: Direction,
+        name: String,
+        reason: ListenerNameError,
+    },
+}
+
+/// The allowlist of one workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawWorkloadPolicy")]
+pub struct WorkloadPolicy {
+    #[serde(serialize_with = "serialize_id")]
+    pub spiffe_id: SpiffeId,
+    /// Listener name -> peers allowed to call this workload on it.
+    pub inbound: BTreeMap<String, Vec<Pattern>>,
+    /// Listener name -> servers this workload may reach through it.
+    pub outbound: BTreeMap<String, Vec<Pattern>>,
+    /// Assigned by the control plane, monotonic; 0 for a policy not (yet) stored there.
+    pub version: u64,
+    /// The admin SPIFFE ID that wrote this version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at_unix_ms: Option<u64>,
+}
+
+fn serialize_id<S: Serializer>(id: &SpiffeId, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(id.as_str())
+}
+
+/// The wire shape, deserialized first so that validation happens in one place
+/// (`TryFrom`) whatever format the bytes came in.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkloadPolicy {
+    spiffe_id: String,
+    #[serde(default)]
+    inbound: BTreeMap<String, Vec<Pattern>>,
+    #[serde(default)]
+    outbound: BTreeMap<String, Vec<Pattern>>,
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    updated_by: Option<String>,
+    #[serde(default)]
+    updated_at_unix_ms: Option<u64>,
+}
+
+impl TryFrom<RawWorkloadPolicy> for WorkloadPolicy {
+    type Error = ModelError;
+
+    fn try_from(raw: RawWorkloadPolicy) -> Result<Self, Self::Error> {
+        let spiffe_id = parse_workload_id(&raw.spiffe_id)?;
+        for (direction, map) in [
+            (Direction::Inbound, &raw.inbound),
+            (Direction::Outbound, &raw.outbound),
+        ] {
+            for name in map.keys() {
+                validate_listener_name(name).map_err(|reason| ModelError::ListenerName {
+                    direction,
+                    name: name.clone(),
+                    reason,
+                })?;
+            }
+        }
+        Ok(WorkloadPolicy {
+            spiffe_id,
+            inbound: raw.inbound,
+            outbound: raw.outbound,
+            version: raw.version,
+            updated_by: raw.updated_by,
+            updated_at_unix_ms: raw.updated_at_unix_ms,
+        })
+    }
+}
+
+/// Parses the ID a policy belongs to, which must name a workload.
+pub(crate) fn parse_workload_id(value: &str) -> Result<SpiffeId, ModelError> {
+    let id = SpiffeId::parse(value).map_err(|reason| ModelError::SpiffeId {
+        value: value.to_owned(),
+        reason,
+    })?;
+    if !id.is_workload() {
+        return Err(ModelError::NotWorkload(value.to_owned()));
+    }
+    Ok(id)
+}
+
+impl WorkloadPolicy {
+    /// A policy with no listeners: everything denied, but "known" to the control plane.
+    pub fn new(spiffe_id: SpiffeId) -> Self {
+        WorkloadPolicy {
+            spiffe_id,
+            inbound: BTreeMap::new(),
+            outbound: BTreeMap::new(),
+            version: 0,
+            updated_by: None,
+            updated_at_unix_ms: None,
+        }
+    }
+
+    /// The listener map of one direction.
+    pub fn rules(&self, direction: Direction) -> &BTreeMap<String, Vec<Pattern>> {
+        match direction {
+            Direction::Inbound => &self.inbound,
+            Direction::Outbound => &self.outbound,
+        }
+    }
+
+    /// This policy as a policy-file `[[workload]]` entry, with the control plane's
+    /// metadata as comments, so the output of `policy get` can be edited and put back.
+    pub fn to_toml(&self) -> String {
+        crate::file::to_toml(std::slice::from_ref(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> WorkloadPolicy {
+        let mut p = WorkloadPolicy::new(
+            SpiffeId::parse("spiffe://example.org/ns/rag/sa/vectordb").expect("valid"),
+        );
+        p.inbound.insert(
+            "http".into(),
+            vec![
+                Pattern::parse("spiffe://example.org/ns/rag/sa/retriever").expect("valid"),
+                Pattern::parse("spiffe://example.org/ns/ops/**").expect("valid"),
+            ],
+        );
+        p.outbound.insert("llm".into(), vec![]);
+        p.version = 7;
+        p.updated_by = Some("spiffe://example.org/warden/admin".into());
+        p.updated_at_unix_ms = Some(1_700_000_000_000);
+        p
+    }
+
+    #[test]
+    fn direction_labels() {
+        assert_eq!(Direction::Inbound.as_str(), "inbound");
+        assert_eq!(Direction::Outbound.as_str(), "outbound");
+        assert_eq!(Direction::Outbound.to_string(), "outbound");
+    }
+
+    #[test]
+    fn listener_names() {
+        for ok in ["http", "a", "LLM_2-b", &"x".repeat(64)] {
+            assert_eq!(validate_listener_name(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(validate_listener_name(""), Err(ListenerNameError::Empty));
+        assert_eq!(
+            validate_listener_name(&"x".repeat(65)),
+            Err(ListenerNameError::TooLong(65))
+        );
+        assert_eq!(
+            validate_listener_name("a.b"),
+            Err(ListenerNameError::BadChar('.'))
+        );
+        assert_eq!(
+            validate_listener_name("a b"),
+            Err(ListenerNameError::BadChar(' '))
+        );
+        assert_eq!(
+            validate_listener_name("é"),
+            Err(ListenerNameError::BadChar('é'))
+        );
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let p = sample();
+        let json = serde_json::to_string(&p).expect("serialize");
+        assert_eq!(
+            json,
+            r#"{"spiffe_id":"spiffe://example.org/ns/rag/sa/vectordb","inbound":{"http":["spiffe://example.org/ns/rag/sa/retriever","spiffe://example.org/ns/ops/**"]},"outbound":{"llm":[]},"version":7,"updated_by":"spiffe://example.org/warden/admin","updated_at_unix_ms":1700000000000}"#
+        );
+        let back: WorkloadPolicy = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn json_defaults_match_the_file_shape() {
+        let p: WorkloadPolicy =
+            serde_json::from_str(r#"{"spiffe_id":"spiffe://example.org/a"}"#).expect("valid");
+        assert_eq!(
+            p,
+            WorkloadPolicy::new(SpiffeId::parse("spiffe://example.org/a").expect("valid"))
+        );
+        let json = serde_json::to_string(&p).expect("serialize");
+        assert_eq!(
+            json,
+            r#"{"spiffe_id":"spiffe://example.org/a","inbound":{},"outbound":{},"version":0}"#
+        );
+    }
+
+    #[test]
+    fn json_rejects_what_the_file_rejects() {
+        let cases = [
+            (
+                r#"{"spiffe_id":"spiffe://example.org/a","inbund":{}}"#,
+                "unknown field `inbund`",
+            ),
+            (
+                r#"{"spiffe_id":"spiffe://example.org"}"#,
+                "names a trust domain, not a workload",
+            ),
+            (
+                r#"{"spiffe_id":"spiffe://ex ample.org/a"}"#,
+                "trust domain contains ' '",
+            ),
+            (
+                r#"{"spiffe_id":"spiffe://example.org/a","inbound":{"a.b":[]}}"#,
+                "inbound.\"a.b\": listener name contains '.'",
+            ),
+            (
+                r#"{"spiffe_id":"spiffe://example.org/a","outbound":{"x":["spiffe://x/a*b"]}}"#,
+                "'*' must be a whole path segment",
+            ),
+        ];
+        for (json, want) in cases {
+            let err = serde_json::from_str::<WorkloadPolicy>(json).expect_err(json);
+            assert!(err.to_string().contains(want), "{json}: {err}");
+        }
+    }
+}

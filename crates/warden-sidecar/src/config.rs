@@ -1,0 +1,464 @@
+//! The sidecar's TOML configuration, parsed strictly: unknown keys are errors, and every
+//! error names the file, the key path (`inbound[0].allow[1]`) and the problem.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use warden_identity::{SpiffeId, TrustDomain};
+use warden_policy::Pattern;
+
+#[derive(Debug, Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    trust_domain: String,
+    identity: RawIdentity,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    inbound: Vec<RawInbound>,
+    #[serde(default)]
+    outbound: Vec<RawOutbound>,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    source: String,
+    endpoint: Option<String>,
+    spiffe_id: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    control_plane: Option<String>,
+    control_plane_id: Option<String>,
+    cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    name: String,
+    listen: String,
+    forward: String,
+    #[serde(default)]
+    allow: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbound {
+    name: String,
+    listen: String,
+    connect: String,
+    server_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    handshake_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+}
+
+/// Where the sidecar's SVID comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityConfig {
+    WorkloadApi {
+        endpoint: Option<String>,
+        spiffe_id: Option<SpiffeId>,
+    },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        bundle: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    pub control_plane: Option<String>,
+    pub control_plane_id: Option<SpiffeId>,
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub forward: String,
+    /// The static allowlist; a control-plane policy replaces it. Empty means deny all.
+    pub allow: Vec<Pattern>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub connect: String,
+    pub server_id: SpiffeId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(3600),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// A validated sidecar configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarConfig {
+    pub trust_domain: TrustDomain,
+    pub identity: IdentityConfig,
+    pub policy: PolicyConfig,
+    pub inbound: Vec<InboundConfig>,
+    pub outbound: Vec<OutboundConfig>,
+    pub admin_listen: SocketAddr,
+    pub limits: Limits,
+}
+
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15000";
+
+impl SidecarConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&file, &text)
+    }
+
+    /// Parses `text`; `file` only names the source in errors.
+    pub fn from_toml(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let err = |key: String, problem: String| ConfigError {
+            file: file.to_owned(),
+            key,
+            problem,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            err(
+                "(syntax)".into(),
+                e.message().to_owned() + &line_of(text, e.span()),
+            )
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let key = if path == "." {
+                "(top level)".to_owned()
+            } else {
+                path
+            };
+            err(
+                key,
+                inner.message().to_owned() + &line_of(text, inner.span()),
+            )
+        })?;
+        Validator { err: &err }.validate(raw)
+    }
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+/// Parses `10s`, `1h`, `250ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like \"10s\" or \"1h\": {e}"))
+}
+
+struct Validator<'a> {
+    err: &'a dyn Fn(String, String) -> ConfigError,
+}
+
+impl Validator<'_> {
+    fn e(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        (self.err)(key.into(), problem.into())
+    }
+
+    fn spiffe_id(&self, key: String, text: &str) -> Result<SpiffeId, ConfigError> {
+        let id =
+            SpiffeId::parse(text).map_err(|e| self.e(key.clone(), format!("{text:?}: {e}")))?;
+        if !id.is_workload() {
+            return Err(self.e(
+                key,
+                format!("{text:?} has no path; a workload SPIFFE ID is needed"),
+            ));
+        }
+        Ok(id)
+    }
+
+    fn addr(&self, key: String, text: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse().map_err(|_| {
+            self.e(
+                key,
+                format!("{text:?} is not an IP address with a port, like \"127.0.0.1:8443\""),
+            )
+        })
+    }
+
+    fn host_port(&self, key: String, text: &str) -> Result<String, ConfigError> {
+        match text.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(text.to_owned())
+            }
+            _ => Err(self.e(key, format!("{text:?} is not host:port"))),
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        text: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match text {
+            None => Ok(default),
+            Some(t) => match parse_duration(&t) {
+                Ok(d) if d.is_zero() => Err(self.e(key, "must be greater than zero")),
+                Ok(d) => Ok(d),
+                Err(p) => Err(self.e(key, p)),
+            },
+        }
+    }
+
+    fn name(&self, key: String, name: &str, seen: &mut Vec<String>) -> Result<(), ConfigError> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(self.e(
+                key,
+                format!("{name:?}: a listener name is 1-64 characters of A-Z a-z 0-9 - _"),
+            ));
+        }
+        if seen.iter().any(|s| s == name) {
+            return Err(self.e(
+                key,
+                format!("{name:?} is used by another listener of the same direction"),
+            ));
+        }
+        seen.push(name.to_owned());
+        Ok(())
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<SidecarConfig, ConfigError> {
+        let trust_domain = TrustDomain::new(&raw.trust_domain)
+            .map_err(|e| self.e("trust_domain", format!("{:?}: {e}", raw.trust_domain)))?;
+        let identity = self.identity(raw.identity, &trust_domain)?;
+        let policy = PolicyConfig {
+            control_plane_id: raw
+                .policy
+                .control_plane_id
+                .as_deref()
+                .map(|t| self.spiffe_id("policy.control_plane_id".into(), t))
+                .transpose()?,
+            control_plane: raw.policy.control_plane,
+            cache: raw.policy.cache,
+        };
+        if let Some(url) = &policy.control_plane
+            && !url.starts_with("https://")
+        {
+            return Err(self.e(
+                "policy.control_plane",
+                format!("{url:?}: must be an https:// URL"),
+            ));
+        }
+        let mut names = Vec::new();
+        let mut inbound = Vec::new();
+        for (i, l) in raw.inbound.into_iter().enumerate() {
+            let k = |f: &str| format!("inbound[{i}].{f}");
+            self.name(k("name"), &l.name, &mut names)?;
+            let mut allow = Vec::new();
+            for (j, p) in l.allow.iter().enumerate() {
+                allow.push(Pattern::parse(p).map_err(|e| {
+                    self.e(format!("inbound[{i}].allow[{j}]"), format!("{p:?}: {e}"))
+                })?);
+            }
+            inbound.push(InboundConfig {
+                listen: self.addr(k("listen"), &l.listen)?,
+                forward: self.host_port(k("forward"), &l.forward)?,
+                name: l.name,
+                allow,
+            });
+        }
+        let mut names = Vec::new();
+        let mut outbound = Vec::new();
+        for (i, l) in raw.outbound.into_iter().enumerate() {
+            let k = |f: &str| format!("outbound[{i}].{f}");
+            self.name(k("name"), &l.name, &mut names)?;
+            let listen = self.addr(k("listen"), &l.listen)?;
+            if !listen.ip().is_loopback() {
+                return Err(self.e(
+                    k("listen"),
+                    format!("{listen} is not a loopback address: whoever reaches an outbound listener speaks with this workload's identity"),
+                ));
+            }
+            outbound.push(OutboundConfig {
+                listen,
+                connect: self.host_port(k("connect"), &l.connect)?,
+                server_id: self.spiffe_id(k("server_id"), &l.server_id)?,
+                name: l.name,
+            });
+        }
+        if inbound.is_empty() && outbound.is_empty() {
+            return Err(self.e(
+                "inbound",
+                "no [[inbound]] or [[outbound]] listener is configured",
+            ));
+        }
+        let admin_listen = self.addr(
+            "admin.listen".into(),
+            raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+        )?;
+        let d = Limits::default();
+        let limits = Limits {
+            handshake_timeout: self.duration(
+                "limits.handshake_timeout",
+                raw.limits.handshake_timeout,
+                d.handshake_timeout,
+            )?,
+            connect_timeout: self.duration(
+                "limits.connect_timeout",
+                raw.limits.connect_timeout,
+                d.connect_timeout,
+            )?,
+            idle_timeout: self.duration(
+                "limits.idle_timeout",
+                raw.limits.idle_timeout,
+                d.idle_timeout,
+            )?,
+            max_connections: match raw.limits.max_connections {
+                Some(0) => return Err(self.e("limits.max_connections", "must be at least 1")),
+                Some(n) => n,
+                None => d.max_connections,
+            },
+        };
+        Ok(SidecarConfig {
+            trust_domain,
+            identity,
+            policy,
+            inbound,
+            outbound,
+            admin_listen,
+            limits,
+        })
+    }
+
+    fn identity(&self, raw: RawIdentity, td: &TrustDomain) -> Result<IdentityConfig, ConfigError> {
+        let only_for = |present: bool, key: &str, source: &str| {
+            if present {
+                Err(self.e(
+                    format!("identity.{key}"),
+                    format!("is not used with source = {source:?}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match raw.source.as_str() {
+            "workload-api" => {
+                only_for(raw.cert.is_some(), "cert", "workload-api")?;
+                only_for(raw.key.is_some(), "key", "workload-api")?;
+                only_for(raw.bundle.is_some(), "bundle", "workload-api")?;
+                let spiffe_id = raw
+                    .spiffe_id
+                    .as_deref()
+                    .map(|t| self.spiffe_id("identity.spiffe_id".into(), t))
+                    .transpose()?;
+                if let Some(id) = &spiffe_id
+                    && id.trust_domain_name() != td.as_str()
+                {
+                    return Err(self.e(
+                        "identity.spiffe_id",
+                        format!("{id} is not in trust domain {td}"),
+                    ));
+                }
+                if let Some(ep) = &raw.endpoint
+                    && !(ep.starts_with("unix:///") || ep.starts_with("tcp://"))
+                {
+                    return Err(self.e(
+                        "identity.endpoint",
+                        format!("{ep:?}: expected unix:///absolute/path or tcp://ip:port"),
+                    ));
+                }
+                Ok(IdentityConfig::WorkloadApi {
+                    endpoint: raw.endpoint,
+                    spiffe_id,
+                })
+            }
+            "files" => {
+                only_for(raw.endpoint.is_some(), "endpoint", "files")?;
+                only_for(raw.spiffe_id.is_some(), "spiffe_id", "files")?;
+                let need = |v: Option<PathBuf>, key: &str| {
+                    v.ok_or_else(|| {
+                        self.e(
+                            format!("identity.{key}"),
+                            "is required with source = \"files\"",
+                        )
+                    })
+                };
+                Ok(IdentityConfig::Files {
+                    cert: need(raw.cert, "cert")?,
+                    key: need(raw.key, "key")?,
+                    bundle: need(raw.bundle, "bundle")?,
+                })
+            }
+            other => Err(self.e(
+                "identity.source",
+                format!("{other:?}: expected \"workload-api\" or \"files\""),
+            )),
+        }
+    }
+}

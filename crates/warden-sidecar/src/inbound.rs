@@ -1,0 +1,158 @@
+//! Inbound: accept mTLS from a peer sidecar, authorize its SPIFFE ID for this listener, and
+//! only then open a connection to the local app. A refused peer never reaches the app.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
+use warden_identity::HandshakeFailure;
+use warden_identity::svid::spiffe_id_of;
+use warden_policy::Direction;
+
+use crate::Shared;
+use crate::registry::CloseReason;
+
+pub(crate) struct InboundListener {
+    pub name: Arc<str>,
+    pub forward: String,
+    pub acceptor: TlsAcceptor,
+}
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: Arc<InboundListener>,
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    const DIR: Direction = Direction::Inbound;
+    let conn_id = shared.registry.next_id();
+    let name = &*listener.name;
+    let _ = tcp.set_nodelay(true);
+    let limits = shared.limits;
+    let tls =
+        match tokio::time::timeout(limits.handshake_timeout, listener.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let failure = HandshakeFailure::classify_io(&e);
+                shared.telemetry.handshake_failed(
+                    DIR,
+                    name,
+                    conn_id,
+                    peer_addr,
+                    failure,
+                    &e.to_string(),
+                );
+                return;
+            }
+            Err(_) => {
+                shared.telemetry.handshake_failed(
+                    DIR,
+                    name,
+                    conn_id,
+                    peer_addr,
+                    HandshakeFailure::Timeout,
+                    "no complete handshake within limits.handshake_timeout",
+                );
+                return;
+            }
+        };
+    // The verifier already validated this certificate; here we only read its ID back.
+    let peer = match tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(spiffe_id_of)
+    {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            shared.telemetry.handshake_failed(
+                DIR,
+                name,
+                conn_id,
+                peer_addr,
+                e.failure(),
+                &e.to_string(),
+            );
+            return;
+        }
+        None => {
+            shared.telemetry.handshake_failed(
+                DIR,
+                name,
+                conn_id,
+                peer_addr,
+                HandshakeFailure::NoClientCert,
+                "no client certificate",
+            );
+            return;
+        }
+    };
+    // Register before deciding: a policy change that lands in between then either finds
+    // this connection in the registry or is already visible to the decision below.
+    let mut registration =
+        shared
+            .registry
+            .register(conn_id, DIR, listener.name.clone(), peer.clone(), peer_addr);
+    let allowed = {
+        let policy = shared.policy.load();
+        let decision = policy.decide(DIR, name, &peer);
+        shared.telemetry.decision(
+            DIR,
+            name,
+            conn_id,
+            peer_addr,
+            &peer,
+            &decision,
+            policy.version(),
+        );
+        decision.allowed
+    };
+    if !allowed {
+        let mut tls = tls;
+        let _ = tokio::time::timeout(
+            limits.connect_timeout,
+            tokio::io::AsyncWriteExt::shutdown(&mut tls),
+        )
+        .await;
+        return;
+    }
+    let app = match tokio::time::timeout(
+        limits.connect_timeout,
+        TcpStream::connect(&listener.forward),
+    )
+    .await
+    {
+        Ok(Ok(app)) => app,
+        Ok(Err(e)) => {
+            tracing::warn!(listener = name, conn_id, forward = %listener.forward, error = %e, "local app refused the connection");
+            shared
+                .telemetry
+                .closed(DIR, name, conn_id, CloseReason::Error, 0, 0);
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(listener = name, conn_id, forward = %listener.forward, "local app did not accept within limits.connect_timeout");
+            shared
+                .telemetry
+                .closed(DIR, name, conn_id, CloseReason::Error, 0, 0);
+            return;
+        }
+    };
+    let _ = app.set_nodelay(true);
+    let stats = registration.stats.clone();
+    let reason = crate::relay::relay(
+        tls,
+        app,
+        stats.clone(),
+        limits.idle_timeout,
+        &mut registration.closed,
+    )
+    .await;
+    shared
+        .telemetry
+        .closed(DIR, name, conn_id, reason, stats.rx(), stats.tx());
+}

@@ -1,0 +1,309 @@
+//! Warden's data plane. Owns the listeners (inbound mTLS termination, outbound mTLS
+//! origination), the authorization of every connection against the current policy, the byte
+//! relay, and the registry of open connections that is re-checked on every policy change.
+//!
+//! It must never forward a byte for a peer that has not completed a TLS 1.3 handshake with a
+//! valid SVID and been allowed by policy, never fall back to plaintext, and never allow when
+//! it has no identity or no policy (default deny, also during start-up).
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod inbound;
+mod outbound;
+pub mod registry;
+mod relay;
+pub mod telemetry;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use warden_identity::{FilesSource, IdentityStore, SourceEvent, SvidSource, WorkloadApiSource};
+use warden_policy::PolicySnapshot;
+
+pub use config::{ConfigError, IdentityConfig, Limits, SidecarConfig};
+pub use registry::{CloseReason, ConnectionInfo, Registry};
+pub use telemetry::Telemetry;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("listener {listener:?}: cannot listen on {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub identity: Arc<IdentityStore>,
+    pub policy: ArcSwap<PolicySnapshot>,
+    /// True under a control plane: outbound calls must also be allowed by policy.
+    pub outbound_policy: bool,
+    pub registry: Arc<Registry>,
+    pub telemetry: Telemetry,
+    pub limits: Limits,
+    pub permits: Arc<Semaphore>,
+}
+
+/// The SVID source a config asks for.
+pub fn source_for(config: &IdentityConfig) -> Box<dyn SvidSource> {
+    match config {
+        IdentityConfig::WorkloadApi {
+            endpoint,
+            spiffe_id,
+        } => Box::new(WorkloadApiSource {
+            endpoint: endpoint.clone(),
+            spiffe_id: spiffe_id.clone(),
+        }),
+        IdentityConfig::Files { cert, key, bundle } => {
+            Box::new(FilesSource::new(cert.clone(), key.clone(), bundle.clone()))
+        }
+    }
+}
+
+/// The policy a sidecar enforces before any control plane has spoken: the static
+/// allowlists of its inbound listeners (a listener without `allow` denies everyone).
+pub fn static_policy(config: &SidecarConfig) -> PolicySnapshot {
+    let rules: BTreeMap<_, _> = config
+        .inbound
+        .iter()
+        .map(|l| (l.name.clone(), l.allow.clone()))
+        .collect();
+    PolicySnapshot::from_static(rules)
+}
+
+/// A running sidecar. Dropping it stops the listeners; call [`Sidecar::shutdown`] to drain.
+pub struct Sidecar {
+    shared: Arc<Shared>,
+    inbound_addrs: Vec<(String, SocketAddr)>,
+    outbound_addrs: Vec<(String, SocketAddr)>,
+    listeners: JoinSet<()>,
+    _identity_task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self._identity_task.abort();
+    }
+}
+
+impl Sidecar {
+    /// Binds every listener and starts serving. Returns once all listeners are bound; the
+    /// identity arrives from `source` in the background (until then every handshake fails).
+    pub async fn start(
+        config: &SidecarConfig,
+        source: Box<dyn SvidSource>,
+    ) -> Result<Self, StartError> {
+        let identity = IdentityStore::new();
+        let shared = Arc::new(Shared {
+            identity: identity.clone(),
+            policy: ArcSwap::from_pointee(static_policy(config)),
+            outbound_policy: config.policy.control_plane.is_some(),
+            registry: Arc::new(Registry::default()),
+            telemetry: Telemetry::default(),
+            limits: config.limits,
+            permits: Arc::new(Semaphore::new(config.limits.max_connections)),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut listeners = JoinSet::new();
+        let server_config = tls::server_config(&identity)?;
+        let mut inbound_addrs = Vec::new();
+        for l in &config.inbound {
+            let tcp = bind(&l.name, l.listen).await?;
+            inbound_addrs.push((l.name.clone(), tcp.local_addr().unwrap_or(l.listen)));
+            let listener = Arc::new(inbound::InboundListener {
+                name: l.name.as_str().into(),
+                forward: l.forward.clone(),
+                acceptor: TlsAcceptor::from(server_config.clone()),
+            });
+            let shared = shared.clone();
+            listeners.spawn(accept_loop(
+                tcp,
+                stop_rx.clone(),
+                shared.clone(),
+                move |stream, addr, permit| {
+                    tokio::spawn(inbound::serve(
+                        shared.clone(),
+                        listener.clone(),
+                        stream,
+                        addr,
+                        permit,
+                    ));
+                },
+            ));
+        }
+        let mut outbound_addrs = Vec::new();
+        for l in &config.outbound {
+            let tcp = bind(&l.name, l.listen).await?;
+            outbound_addrs.push((l.name.clone(), tcp.local_addr().unwrap_or(l.listen)));
+            let listener = Arc::new(outbound::OutboundListener {
+                name: l.name.as_str().into(),
+                connect: l.connect.clone(),
+                server_id: l.server_id.clone(),
+                server_name: tls::server_name(&l.connect),
+                connector: TlsConnector::from(tls::client_config(&identity, &l.server_id)?),
+            });
+            let shared = shared.clone();
+            listeners.spawn(accept_loop(
+                tcp,
+                stop_rx.clone(),
+                shared.clone(),
+                move |stream, addr, permit| {
+                    tokio::spawn(outbound::serve(
+                        shared.clone(),
+                        listener.clone(),
+                        stream,
+                        addr,
+                        permit,
+                    ));
+                },
+            ));
+        }
+        let identity_task = tokio::spawn(follow_identity(source, identity));
+        Ok(Self {
+            shared,
+            inbound_addrs,
+            outbound_addrs,
+            listeners,
+            _identity_task: identity_task,
+            stop,
+        })
+    }
+
+    /// Bound addresses of the inbound listeners, by name (useful with port 0).
+    pub fn inbound_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.inbound_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    pub fn outbound_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.outbound_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    pub fn identity(&self) -> &Arc<IdentityStore> {
+        &self.shared.identity
+    }
+
+    pub fn policy(&self) -> Arc<PolicySnapshot> {
+        self.shared.policy.load_full()
+    }
+
+    /// Installs a new policy and re-checks every open connection against it; those no
+    /// longer allowed are closed with reason `revoked`. Returns how many were revoked.
+    pub fn apply_policy(&self, policy: PolicySnapshot) -> usize {
+        // Store first, then re-check: a connection registering concurrently either sees the
+        // new policy in its own decision or is found by the re-check.
+        self.shared.policy.store(Arc::new(policy));
+        let policy = self.shared.policy.load();
+        let revoked = self
+            .shared
+            .registry
+            .recheck(&policy, self.shared.outbound_policy);
+        tracing::info!(version = policy.version(), revoked, "policy applied");
+        revoked
+    }
+
+    /// Ready to serve: a usable (unexpired) SVID is loaded.
+    pub fn is_ready(&self) -> bool {
+        self.shared.identity.usable().is_some()
+    }
+
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.shared.registry.snapshot()
+    }
+
+    /// Stops accepting, lets open connections finish for up to `grace`, then closes the rest.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        while self.listeners.join_next().await.is_some() {}
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut poll = tokio::time::interval(Duration::from_millis(20));
+        while !self.shared.registry.is_empty() && tokio::time::Instant::now() < deadline {
+            poll.tick().await;
+        }
+        self.shared.registry.close_all(CloseReason::Drain);
+    }
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener: name.to_owned(),
+            addr,
+            source,
+        })
+}
+
+/// Accepts until told to stop. Accept errors (out of file descriptors, most often) back off
+/// instead of spinning, and the loop recovers by itself once resources free up.
+async fn accept_loop(
+    tcp: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+    serve: impl Fn(tokio::net::TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit),
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = tcp.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    backoff = Duration::from_millis(5);
+                    match shared.permits.clone().try_acquire_owned() {
+                        Ok(permit) => serve(stream, addr, permit),
+                        Err(_) => {
+                            tracing::warn!(%addr, limit = shared.limits.max_connections, "connection refused: limits.max_connections reached");
+                            drop(stream);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// Moves identities from the source into the store, logging each rotation. Never logs key
+/// material: `Identity`'s Debug has none.
+async fn follow_identity(source: Box<dyn SvidSource>, store: Arc<IdentityStore>) {
+    let name = source.name();
+    let mut handle = source.start();
+    while let Some(event) = handle.events.recv().await {
+        match event {
+            SourceEvent::Updated(identity) => {
+                let expires = humantime::format_rfc3339_seconds(identity.not_after());
+                tracing::info!(target: "warden::audit", event = "rotation", source = name, spiffe_id = %identity.spiffe_id(), %expires, "SVID loaded");
+                store.set(identity);
+            }
+            SourceEvent::Rejected { reason } => {
+                tracing::warn!(target: "warden::audit", event = "rotation", source = name, %reason, "new SVID rejected; keeping the previous one");
+            }
+            SourceEvent::Unavailable { reason } => {
+                tracing::warn!(source = name, %reason, "SVID source unavailable");
+            }
+        }
+    }
+}
