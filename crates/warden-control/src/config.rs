@@ -1,0 +1,316 @@
+//! The control plane's TOML configuration. Like the sidecar's: unknown keys are errors and
+//! every error names the file, the key path and the problem.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use warden_identity::{SpiffeId, TrustDomain};
+use warden_sidecar::config::{ConfigError, IdentityConfig, parse_duration};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    trust_domain: String,
+    listen: String,
+    data_dir: PathBuf,
+    #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
+    identity: Option<RawIdentity>,
+    #[serde(default)]
+    ca: RawCa,
+    #[serde(default)]
+    workload_api: Vec<RawRegistration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    source: String,
+    spiffe_id: Option<String>,
+    endpoint: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCa {
+    enabled: Option<bool>,
+    svid_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistration {
+    socket: PathBuf,
+    spiffe_id: String,
+    uid: Option<u32>,
+}
+
+/// Where the control plane's own serving SVID comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlIdentity {
+    /// Issued by the built-in CA to itself, rotated like any workload's.
+    BuiltinCa { spiffe_id: SpiffeId },
+    /// Any sidecar source (SPIRE's Workload API, files).
+    Source(IdentityConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaConfig {
+    pub enabled: bool,
+    pub svid_ttl: Duration,
+}
+
+/// One `[[workload_api]]` registration: the socket a workload is handed, and its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadRegistration {
+    pub socket: PathBuf,
+    pub spiffe_id: SpiffeId,
+    /// When set, only callers with this Unix uid (SO_PEERCRED) get this identity.
+    pub uid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneConfig {
+    pub trust_domain: TrustDomain,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admins: Vec<SpiffeId>,
+    pub identity: ControlIdentity,
+    pub ca: CaConfig,
+    pub workload_api: Vec<WorkloadRegistration>,
+}
+
+impl ControlPlaneConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml(&file, &text)
+    }
+
+    pub fn from_toml(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let e = |key: &str, problem: String| ConfigError {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|err| e("(syntax)", err.message().to_owned()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|err| {
+            let path = err.path().to_string();
+            e(
+                if path == "." { "(top level)" } else { &path },
+                err.into_inner().message().to_owned(),
+            )
+        })?;
+        let trust_domain = TrustDomain::new(&raw.trust_domain)
+            .map_err(|err| e("trust_domain", format!("{:?}: {err}", raw.trust_domain)))?;
+        let workload_id = |key: &str, text: &str| -> Result<SpiffeId, ConfigError> {
+            let id = SpiffeId::parse(text).map_err(|err| e(key, format!("{text:?}: {err}")))?;
+            if !id.is_workload() {
+                return Err(e(
+                    key,
+                    format!("{text:?} has no path; a workload SPIFFE ID is needed"),
+                ));
+            }
+            if id.trust_domain_name() != trust_domain.as_str() {
+                return Err(e(
+                    key,
+                    format!("{text:?} is not in trust domain {trust_domain}"),
+                ));
+            }
+            Ok(id)
+        };
+        let listen = raw.listen.parse().map_err(|_| {
+            e(
+                "listen",
+                format!("{:?} is not an IP address with a port", raw.listen),
+            )
+        })?;
+        if raw.admins.is_empty() {
+            return Err(e(
+                "admins",
+                "at least one admin SPIFFE ID is needed, or nobody can change policy".into(),
+            ));
+        }
+        let admins = raw
+            .admins
+            .iter()
+            .enumerate()
+            .map(|(i, a)| workload_id(&format!("admins[{i}]"), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ca = CaConfig {
+            enabled: raw.ca.enabled.unwrap_or(true),
+            svid_ttl: match raw.ca.svid_ttl {
+                None => Duration::from_secs(3600),
+                Some(t) => match parse_duration(&t) {
+                    Ok(d) if d >= Duration::from_secs(2) => d,
+                    Ok(_) => return Err(e("ca.svid_ttl", "must be at least 2s".into())),
+                    Err(p) => return Err(e("ca.svid_ttl", p)),
+                },
+            },
+        };
+        let default_id = || {
+            SpiffeId::parse(&format!(
+                "{}/warden/control-plane",
+                trust_domain.id_string()
+            ))
+        };
+        let identity = match raw.identity {
+            None => ControlIdentity::BuiltinCa {
+                spiffe_id: default_id().map_err(|err| e("trust_domain", err.to_string()))?,
+            },
+            Some(id) => match id.source.as_str() {
+                "builtin-ca" => {
+                    for (present, key) in [
+                        (id.endpoint.is_some(), "identity.endpoint"),
+                        (id.cert.is_some(), "identity.cert"),
+                        (id.key.is_some(), "identity.key"),
+                        (id.bundle.is_some(), "identity.bundle"),
+                    ] {
+                        if present {
+                            return Err(e(key, "is not used with source = \"builtin-ca\"".into()));
+                        }
+                    }
+                    if !ca.enabled {
+                        return Err(e(
+                            "identity.source",
+                            "\"builtin-ca\" needs [ca] enabled".into(),
+                        ));
+                    }
+                    let spiffe_id = match id.spiffe_id.as_deref() {
+                        Some(t) => workload_id("identity.spiffe_id", t)?,
+                        None => default_id().map_err(|err| e("trust_domain", err.to_string()))?,
+                    };
+                    ControlIdentity::BuiltinCa { spiffe_id }
+                }
+                "workload-api" => ControlIdentity::Source(IdentityConfig::WorkloadApi {
+                    endpoint: id.endpoint,
+                    spiffe_id: id
+                        .spiffe_id
+                        .as_deref()
+                        .map(|t| workload_id("identity.spiffe_id", t))
+                        .transpose()?,
+                }),
+                "files" => {
+                    let need = |v: Option<PathBuf>, key: &str| {
+                        v.ok_or_else(|| e(key, "is required with source = \"files\"".into()))
+                    };
+                    ControlIdentity::Source(IdentityConfig::Files {
+                        cert: need(id.cert, "identity.cert")?,
+                        key: need(id.key, "identity.key")?,
+                        bundle: need(id.bundle, "identity.bundle")?,
+                    })
+                }
+                other => {
+                    return Err(e(
+                        "identity.source",
+                        format!(
+                            "{other:?}: expected \"builtin-ca\", \"workload-api\" or \"files\""
+                        ),
+                    ));
+                }
+            },
+        };
+        let mut workload_api = Vec::new();
+        for (i, r) in raw.workload_api.into_iter().enumerate() {
+            if !ca.enabled {
+                return Err(e(
+                    &format!("workload_api[{i}]"),
+                    "serving the Workload API needs [ca] enabled".into(),
+                ));
+            }
+            if !r.socket.is_absolute() {
+                return Err(e(
+                    &format!("workload_api[{i}].socket"),
+                    format!("{}: must be an absolute path", r.socket.display()),
+                ));
+            }
+            workload_api.push(WorkloadRegistration {
+                spiffe_id: workload_id(&format!("workload_api[{i}].spiffe_id"), &r.spiffe_id)?,
+                socket: r.socket,
+                uid: r.uid,
+            });
+        }
+        Ok(Self {
+            trust_domain,
+            listen,
+            data_dir: raw.data_dir,
+            admins,
+            identity,
+            ca,
+            workload_api,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+trust_domain = "example.org"
+listen = "127.0.0.1:7443"
+data_dir = "/var/lib/warden"
+admins = ["spiffe://example.org/warden/admin"]
+[ca]
+svid_ttl = "1h"
+[[workload_api]]
+socket = "/run/warden/agents/retriever.sock"
+spiffe_id = "spiffe://example.org/ns/rag/sa/retriever"
+"#;
+
+    #[test]
+    fn the_documented_example_parses_with_defaults() {
+        let c = ControlPlaneConfig::from_toml("cp.toml", GOOD).expect("valid");
+        assert_eq!(c.trust_domain.as_str(), "example.org");
+        assert!(c.ca.enabled);
+        assert_eq!(c.ca.svid_ttl, Duration::from_secs(3600));
+        assert_eq!(
+            c.identity,
+            ControlIdentity::BuiltinCa {
+                spiffe_id: SpiffeId::parse("spiffe://example.org/warden/control-plane")
+                    .expect("id")
+            }
+        );
+        assert_eq!(c.workload_api.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (edit, key) in [
+            (
+                GOOD.replace("listen = \"127.0.0.1:7443\"", "listen = \"x\""),
+                "listen",
+            ),
+            (
+                GOOD.replace(
+                    "spiffe://example.org/warden/admin",
+                    "spiffe://other.org/admin",
+                ),
+                "admins[0]",
+            ),
+            (
+                GOOD.replace("svid_ttl = \"1h\"", "svid_ttl = \"1s\""),
+                "ca.svid_ttl",
+            ),
+            (
+                GOOD.replace("/run/warden/agents/retriever.sock", "relative.sock"),
+                "workload_api[0].socket",
+            ),
+            (GOOD.replace("[ca]", "[ca]\nbogus = 1"), "ca.bogus"),
+        ] {
+            let err = ControlPlaneConfig::from_toml("cp.toml", &edit).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+        }
+    }
+}
