@@ -3,7 +3,9 @@
 //! condition with a deadline (never a fixed sleep).
 #![allow(dead_code)]
 
+pub mod control;
 pub mod pki;
+pub mod workload_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,7 +93,12 @@ pub async fn sidecar(toml: &str, identity: Arc<Identity>) -> Sidecar {
 }
 
 pub async fn sidecar_with_source(toml: &str, source: Box<dyn SvidSource>) -> Sidecar {
-    let config = SidecarConfig::from_toml("test.toml", toml).expect("valid test config");
+    let mut config = SidecarConfig::from_toml("test.toml", toml).expect("valid test config");
+    // Tests run many sidecars in one process: a config that leaves the admin server on its
+    // default port gets an OS-picked one instead (read it back with `admin_addr()`).
+    if config.admin_listen.to_string() == warden_sidecar::config::DEFAULT_ADMIN_LISTEN {
+        config.admin_listen = "127.0.0.1:0".parse().expect("addr");
+    }
     let sidecar = Sidecar::start(&config, source)
         .await
         .expect("sidecar starts");

@@ -8,6 +8,13 @@
 //! never acknowledge a write before it is durable.
 #![forbid(unsafe_code)]
 
+pub mod ca;
+pub mod ca_source;
 pub mod config;
+pub mod policy_service;
+pub mod server;
+pub mod store;
+pub mod transport;
+pub mod workload_api;
 
 pub use config::{CaConfig, ControlIdentity, ControlPlaneConfig, WorkloadRegistration};

@@ -272,6 +272,13 @@ impl PolicySnapshot {
         }
     }
 
+    /// The same snapshot stamped with another version; used for "no policy" snapshots,
+    /// which carry the store revision of the deletion that produced them.
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
+    }
+
     /// Decides whether `peer` may use `listener` in `direction`. Denies unless a rule of
     /// that listener matches; allocates nothing.
     pub fn decide(&self, direction: Direction, listener: &str, peer: &SpiffeId) -> Decision<'_> {

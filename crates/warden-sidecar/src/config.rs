@@ -32,6 +32,10 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
     limits: RawLimits,
 }
 
@@ -77,6 +81,19 @@ struct RawOutbound {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<String>,
+    metrics_listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    peer_id_limit: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +171,13 @@ pub struct SidecarConfig {
     pub inbound: Vec<InboundConfig>,
     pub outbound: Vec<OutboundConfig>,
     pub admin_listen: SocketAddr,
+    /// `[admin] metrics_listen`: an extra listener serving only `/metrics`, which may bind
+    /// publicly (the full admin API stays on `admin_listen`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `[audit] path`: append audit records here instead of stderr.
+    pub audit_path: Option<PathBuf>,
+    /// `[metrics] peer_id_limit`: distinct `peer_id` label values before `other`.
+    pub peer_id_limit: usize,
     pub limits: Limits,
 }
 
@@ -362,6 +386,27 @@ impl Validator<'_> {
             "admin.listen".into(),
             raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
         )?;
+        let metrics_listen = raw
+            .admin
+            .metrics_listen
+            .as_deref()
+            .map(|t| self.addr("admin.metrics_listen".into(), t))
+            .transpose()?;
+        if let Some(path) = &raw.audit.path
+            && path.as_os_str().is_empty()
+        {
+            return Err(self.e("audit.path", "must not be empty (omit it to log to stderr)"));
+        }
+        let peer_id_limit = match raw.metrics.peer_id_limit {
+            Some(n) if n > 100_000 => {
+                return Err(self.e(
+                    "metrics.peer_id_limit",
+                    format!("{n} is above 100000: each value is a time series per listener"),
+                ));
+            }
+            Some(n) => n,
+            None => crate::metrics::DEFAULT_PEER_ID_LIMIT,
+        };
         let d = Limits::default();
         let limits = Limits {
             handshake_timeout: self.duration(
@@ -392,6 +437,9 @@ impl Validator<'_> {
             inbound,
             outbound,
             admin_listen,
+            metrics_listen,
+            audit_path: raw.audit.path,
+            peer_id_limit,
             limits,
         })
     }

@@ -32,6 +32,7 @@ pub(crate) async fn serve(
     let name = &*listener.name;
     let _ = tcp.set_nodelay(true);
     let limits = shared.limits;
+    let started = std::time::Instant::now();
     let tls =
         match tokio::time::timeout(limits.handshake_timeout, listener.acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
@@ -39,22 +40,26 @@ pub(crate) async fn serve(
                 let failure = HandshakeFailure::classify_io(&e);
                 shared.telemetry.handshake_failed(
                     DIR,
-                    name,
+                    &listener.name,
                     conn_id,
                     peer_addr,
                     failure,
                     &e.to_string(),
+                    None,
+                    started,
                 );
                 return;
             }
             Err(_) => {
                 shared.telemetry.handshake_failed(
                     DIR,
-                    name,
+                    &listener.name,
                     conn_id,
                     peer_addr,
                     HandshakeFailure::Timeout,
                     "no complete handshake within limits.handshake_timeout",
+                    None,
+                    started,
                 );
                 return;
             }
@@ -71,26 +76,32 @@ pub(crate) async fn serve(
         Some(Err(e)) => {
             shared.telemetry.handshake_failed(
                 DIR,
-                name,
+                &listener.name,
                 conn_id,
                 peer_addr,
                 e.failure(),
                 &e.to_string(),
+                None,
+                started,
             );
             return;
         }
         None => {
             shared.telemetry.handshake_failed(
                 DIR,
-                name,
+                &listener.name,
                 conn_id,
                 peer_addr,
                 HandshakeFailure::NoClientCert,
                 "no client certificate",
+                None,
+                started,
             );
             return;
         }
     };
+    let labels = shared.telemetry.peer(DIR, &listener.name, &peer);
+    shared.telemetry.handshake_ok(&labels, started);
     // Register before deciding: a policy change that lands in between then either finds
     // this connection in the registry or is already visible to the decision below.
     let mut registration =
@@ -100,15 +111,9 @@ pub(crate) async fn serve(
     let allowed = {
         let policy = shared.policy.load();
         let decision = policy.decide(DIR, name, &peer);
-        shared.telemetry.decision(
-            DIR,
-            name,
-            conn_id,
-            peer_addr,
-            &peer,
-            &decision,
-            policy.version(),
-        );
+        shared
+            .telemetry
+            .decision(&labels, conn_id, peer_addr, &decision, policy.version());
         decision.allowed
     };
     if !allowed {
@@ -131,21 +136,22 @@ pub(crate) async fn serve(
             tracing::warn!(listener = name, conn_id, forward = %listener.forward, error = %e, "local app refused the connection");
             shared
                 .telemetry
-                .closed(DIR, name, conn_id, CloseReason::Error, 0, 0);
+                .closed(&labels, conn_id, peer_addr, CloseReason::Error, 0, 0);
             return;
         }
         Err(_) => {
             tracing::warn!(listener = name, conn_id, forward = %listener.forward, "local app did not accept within limits.connect_timeout");
             shared
                 .telemetry
-                .closed(DIR, name, conn_id, CloseReason::Error, 0, 0);
+                .closed(&labels, conn_id, peer_addr, CloseReason::Error, 0, 0);
             return;
         }
     };
     let _ = app.set_nodelay(true);
     let stats = registration.stats.clone();
+    let meters = shared.telemetry.open(&labels);
     let reason = crate::relay::relay(
-        tls,
+        meters.meter(tls),
         app,
         stats.clone(),
         limits.idle_timeout,
@@ -154,5 +160,5 @@ pub(crate) async fn serve(
     .await;
     shared
         .telemetry
-        .closed(DIR, name, conn_id, reason, stats.rx(), stats.tx());
+        .closed(&labels, conn_id, peer_addr, reason, stats.rx(), stats.tx());
 }

@@ -7,8 +7,12 @@
 //! it has no identity or no policy (default deny, also during start-up).
 #![forbid(unsafe_code)]
 
+mod admin;
+pub mod audit;
 pub mod config;
+pub mod control;
 mod inbound;
+pub mod metrics;
 mod outbound;
 pub mod registry;
 mod relay;
@@ -43,6 +47,8 @@ pub enum StartError {
     },
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
 }
 
 /// State shared by every connection task.
@@ -55,6 +61,19 @@ pub(crate) struct Shared {
     pub telemetry: Telemetry,
     pub limits: Limits,
     pub permits: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub(crate) fn apply_policy(&self, policy: PolicySnapshot, result: &str) -> usize {
+        // Store first, then re-check: a connection registering concurrently either sees the
+        // new policy in its own decision or is found by the re-check.
+        self.policy.store(Arc::new(policy));
+        let policy = self.policy.load();
+        let revoked = self.registry.recheck(&policy, self.outbound_policy);
+        self.telemetry
+            .policy_update(result, policy.version(), policy.source().as_str(), revoked);
+        revoked
+    }
 }
 
 /// The SVID source a config asks for.
@@ -73,8 +92,21 @@ pub fn source_for(config: &IdentityConfig) -> Box<dyn SvidSource> {
     }
 }
 
-/// The policy a sidecar enforces before any control plane has spoken: the static
-/// allowlists of its inbound listeners (a listener without `allow` denies everyone).
+/// The policy a sidecar enforces before its control plane has spoken: the last-known-good
+/// cache if there is one, else the static allowlists (a listener without `allow` denies
+/// everyone).
+pub fn initial_policy(config: &SidecarConfig) -> PolicySnapshot {
+    if config.policy.control_plane.is_some()
+        && let Some(path) = &config.policy.cache
+        && let Some(cached) = control::load_cache(path, None)
+    {
+        tracing::info!(path = %path.display(), version = cached.version(), "enforcing the cached policy until the control plane answers");
+        return cached;
+    }
+    static_policy(config)
+}
+
+/// The static allowlists of the inbound listeners as a policy.
 pub fn static_policy(config: &SidecarConfig) -> PolicySnapshot {
     let rules: BTreeMap<_, _> = config
         .inbound
@@ -91,12 +123,20 @@ pub struct Sidecar {
     outbound_addrs: Vec<(String, SocketAddr)>,
     listeners: JoinSet<()>,
     _identity_task: tokio::task::JoinHandle<()>,
+    watch_task: Option<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
+    admin_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    /// Admin servers; dropping the set (with the `Sidecar`) aborts them.
+    _admin: JoinSet<()>,
 }
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
         self._identity_task.abort();
+        if let Some(task) = &self.watch_task {
+            task.abort();
+        }
     }
 }
 
@@ -110,10 +150,13 @@ impl Sidecar {
         let identity = IdentityStore::new();
         let shared = Arc::new(Shared {
             identity: identity.clone(),
-            policy: ArcSwap::from_pointee(static_policy(config)),
+            policy: ArcSwap::from_pointee(initial_policy(config)),
             outbound_policy: config.policy.control_plane.is_some(),
             registry: Arc::new(Registry::default()),
-            telemetry: Telemetry::default(),
+            telemetry: Telemetry::new(
+                metrics::Metrics::new(config.peer_id_limit),
+                audit::AuditLog::open(config.audit_path.as_deref(), Default::default())?,
+            ),
             limits: config.limits,
             permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         });
@@ -134,6 +177,7 @@ impl Sidecar {
                 tcp,
                 stop_rx.clone(),
                 shared.clone(),
+                (warden_policy::Direction::Inbound, l.name.as_str().into()),
                 move |stream, addr, permit| {
                     tokio::spawn(inbound::serve(
                         shared.clone(),
@@ -161,6 +205,7 @@ impl Sidecar {
                 tcp,
                 stop_rx.clone(),
                 shared.clone(),
+                (warden_policy::Direction::Outbound, l.name.as_str().into()),
                 move |stream, addr, permit| {
                     tokio::spawn(outbound::serve(
                         shared.clone(),
@@ -172,14 +217,44 @@ impl Sidecar {
                 },
             ));
         }
-        let identity_task = tokio::spawn(follow_identity(source, identity));
+        let mut admin_tasks = JoinSet::new();
+        let admin_tcp = admin::bind("admin.listen", config.admin_listen).await?;
+        let admin_addr = admin_tcp.local_addr().unwrap_or(config.admin_listen);
+        admin_tasks.spawn(admin::serve(admin_tcp, shared.clone(), admin::Scope::Full));
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics_listen {
+            let tcp = admin::bind("admin.metrics_listen", addr).await?;
+            metrics_addr = Some(tcp.local_addr().unwrap_or(addr));
+            admin_tasks.spawn(admin::serve(tcp, shared.clone(), admin::Scope::MetricsOnly));
+        }
+        shared
+            .telemetry
+            .set_policy_version(shared.policy.load().version());
+        let identity_task =
+            tokio::spawn(follow_identity(source, identity, shared.telemetry.clone()));
+        let watch_task = config.policy.control_plane.as_ref().map(|url| {
+            let target = control::WatchTarget {
+                url: url.clone(),
+                control_plane_id: config
+                    .policy
+                    .control_plane_id
+                    .clone()
+                    .unwrap_or_else(|| default_control_plane_id(&config.trust_domain)),
+                cache: config.policy.cache.clone(),
+            };
+            tokio::spawn(control::watch_loop(shared.clone(), target))
+        });
         Ok(Self {
             shared,
             inbound_addrs,
             outbound_addrs,
             listeners,
             _identity_task: identity_task,
+            watch_task,
             stop,
+            admin_addr,
+            metrics_addr,
+            _admin: admin_tasks,
         })
     }
 
@@ -209,16 +284,28 @@ impl Sidecar {
     /// Installs a new policy and re-checks every open connection against it; those no
     /// longer allowed are closed with reason `revoked`. Returns how many were revoked.
     pub fn apply_policy(&self, policy: PolicySnapshot) -> usize {
-        // Store first, then re-check: a connection registering concurrently either sees the
-        // new policy in its own decision or is found by the re-check.
-        self.shared.policy.store(Arc::new(policy));
-        let policy = self.shared.policy.load();
-        let revoked = self
-            .shared
-            .registry
-            .recheck(&policy, self.shared.outbound_policy);
-        tracing::info!(version = policy.version(), revoked, "policy applied");
-        revoked
+        self.shared.apply_policy(policy, "ok")
+    }
+
+    /// Bound address of the admin server (`/metrics`, `/readyz`, `/debug/...`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Bound address of the metrics-only listener, when `[admin] metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Metrics and audit hooks (e.g. for the control-plane client or embedding code).
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.shared.telemetry
+    }
+
+    /// Why the sidecar is not ready (`/readyz`), or `None` when it has a usable SVID and a
+    /// policy.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        admin::not_ready_reason(&self.shared)
     }
 
     /// Ready to serve: a usable (unexpired) SVID is loaded.
@@ -243,6 +330,18 @@ impl Sidecar {
     }
 }
 
+/// `spiffe://<trust domain>/warden/control-plane`, the control plane's default identity.
+pub fn default_control_plane_id(
+    trust_domain: &warden_identity::TrustDomain,
+) -> warden_identity::SpiffeId {
+    // A trust domain that parsed plus a fixed valid path always forms a valid ID.
+    warden_identity::SpiffeId::parse(&format!(
+        "{}/warden/control-plane",
+        trust_domain.id_string()
+    ))
+    .expect("trust domain + fixed path is a valid SPIFFE ID")
+}
+
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -259,6 +358,7 @@ async fn accept_loop(
     tcp: TcpListener,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
+    (direction, listener): (warden_policy::Direction, Arc<str>),
     serve: impl Fn(tokio::net::TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit),
 ) {
     let mut backoff = Duration::from_millis(5);
@@ -272,6 +372,7 @@ async fn accept_loop(
                         Ok(permit) => serve(stream, addr, permit),
                         Err(_) => {
                             tracing::warn!(%addr, limit = shared.limits.max_connections, "connection refused: limits.max_connections reached");
+                            shared.telemetry.refused_at_limit(direction, &listener);
                             drop(stream);
                         }
                     }
@@ -288,18 +389,24 @@ async fn accept_loop(
 
 /// Moves identities from the source into the store, logging each rotation. Never logs key
 /// material: `Identity`'s Debug has none.
-async fn follow_identity(source: Box<dyn SvidSource>, store: Arc<IdentityStore>) {
+async fn follow_identity(
+    source: Box<dyn SvidSource>,
+    store: Arc<IdentityStore>,
+    telemetry: Telemetry,
+) {
     let name = source.name();
     let mut handle = source.start();
     while let Some(event) = handle.events.recv().await {
         match event {
             SourceEvent::Updated(identity) => {
                 let expires = humantime::format_rfc3339_seconds(identity.not_after());
-                tracing::info!(target: "warden::audit", event = "rotation", source = name, spiffe_id = %identity.spiffe_id(), %expires, "SVID loaded");
+                tracing::info!(source = name, spiffe_id = %identity.spiffe_id(), %expires, "SVID loaded");
+                telemetry.svid_loaded(name, &identity);
                 store.set(identity);
             }
             SourceEvent::Rejected { reason } => {
-                tracing::warn!(target: "warden::audit", event = "rotation", source = name, %reason, "new SVID rejected; keeping the previous one");
+                tracing::warn!(source = name, %reason, "new SVID rejected; keeping the previous one");
+                telemetry.svid_rejected(name, &reason.to_string());
             }
             SourceEvent::Unavailable { reason } => {
                 tracing::warn!(source = name, %reason, "SVID source unavailable");

@@ -36,6 +36,9 @@ pub(crate) async fn serve(
     let name = &*listener.name;
     let limits = shared.limits;
     let _ = app.set_nodelay(true);
+    let labels = shared
+        .telemetry
+        .peer(DIR, &listener.name, &listener.server_id);
     let mut registration = shared.registry.register(
         conn_id,
         DIR,
@@ -48,15 +51,9 @@ pub(crate) async fn serve(
     if shared.outbound_policy {
         let policy = shared.policy.load();
         let decision = policy.decide(DIR, name, &listener.server_id);
-        shared.telemetry.decision(
-            DIR,
-            name,
-            conn_id,
-            app_addr,
-            &listener.server_id,
-            &decision,
-            policy.version(),
-        );
+        shared
+            .telemetry
+            .decision(&labels, conn_id, app_addr, &decision, policy.version());
         if !decision.allowed {
             return;
         }
@@ -72,19 +69,20 @@ pub(crate) async fn serve(
             tracing::warn!(listener = name, conn_id, connect = %listener.connect, error = %e, "upstream unreachable");
             shared
                 .telemetry
-                .closed(DIR, name, conn_id, CloseReason::Error, 0, 0);
+                .closed(&labels, conn_id, app_addr, CloseReason::Error, 0, 0);
             return;
         }
         Err(_) => {
             tracing::warn!(listener = name, conn_id, connect = %listener.connect, "upstream connect timed out");
             shared
                 .telemetry
-                .closed(DIR, name, conn_id, CloseReason::Error, 0, 0);
+                .closed(&labels, conn_id, app_addr, CloseReason::Error, 0, 0);
             return;
         }
     };
     let _ = tcp.set_nodelay(true);
     let upstream_addr = tcp.peer_addr().unwrap_or(app_addr);
+    let started = std::time::Instant::now();
     let handshake = listener
         .connector
         .connect(listener.server_name.clone(), tcp);
@@ -94,26 +92,31 @@ pub(crate) async fn serve(
             let failure = HandshakeFailure::classify_io(&e);
             shared.telemetry.handshake_failed(
                 DIR,
-                name,
+                &listener.name,
                 conn_id,
                 upstream_addr,
                 failure,
                 &e.to_string(),
+                Some(&listener.server_id),
+                started,
             );
             return;
         }
         Err(_) => {
             shared.telemetry.handshake_failed(
                 DIR,
-                name,
+                &listener.name,
                 conn_id,
                 upstream_addr,
                 HandshakeFailure::Timeout,
                 "no complete handshake within limits.handshake_timeout",
+                Some(&listener.server_id),
+                started,
             );
             return;
         }
     };
+    shared.telemetry.handshake_ok(&labels, started);
     if !shared.outbound_policy {
         // Without a control plane, the verified server_id is the whole rule.
         let decision = Decision {
@@ -122,19 +125,14 @@ pub(crate) async fn serve(
                 rule: listener.server_id.as_str(),
             },
         };
-        shared.telemetry.decision(
-            DIR,
-            name,
-            conn_id,
-            upstream_addr,
-            &listener.server_id,
-            &decision,
-            0,
-        );
+        shared
+            .telemetry
+            .decision(&labels, conn_id, upstream_addr, &decision, 0);
     }
     let stats = registration.stats.clone();
+    let meters = shared.telemetry.open(&labels);
     let reason = crate::relay::relay(
-        tls,
+        meters.meter(tls),
         app,
         stats.clone(),
         limits.idle_timeout,
@@ -143,5 +141,5 @@ pub(crate) async fn serve(
     .await;
     shared
         .telemetry
-        .closed(DIR, name, conn_id, reason, stats.rx(), stats.tx());
+        .closed(&labels, conn_id, app_addr, reason, stats.rx(), stats.tx());
 }

@@ -1,91 +1,278 @@
-//! What the sidecar reports about each connection: one structured record per handshake
-//! failure, authorization decision and close. The data plane calls these hooks and nothing
-//! else, so metrics and the audit log hang off one place.
+//! What the sidecar reports about each connection, identity and policy: the metric
+//! increments and the audit records (security invariant 8: every authorization decision and
+//! handshake failure produces both). The data plane calls these hooks and nothing else, so
+//! metrics and the audit log hang off one place.
+//!
+//! It must never block a connection task (metrics are atomics, the audit log a non-blocking
+//! queue), never do a label lookup per byte (a connection resolves its labels once, in
+//! [`Telemetry::peer`], and keeps the handles), and never record key material.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, UNIX_EPOCH};
 
-use warden_identity::{HandshakeFailure, SpiffeId};
-use warden_policy::{Decision, Direction};
+use warden_identity::{HandshakeFailure, Identity, SpiffeId};
+use warden_policy::{Decision, Direction, Reason};
 
+use crate::audit::{AuditLog, Record};
+use crate::metrics::{ConnMeters, Metrics, UNKNOWN_PEER};
 use crate::registry::CloseReason;
 
+/// Metrics and audit sink of one sidecar; clones share both.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
 #[derive(Debug, Default)]
-pub struct Telemetry {}
+struct Inner {
+    metrics: Metrics,
+    audit: AuditLog,
+    /// The SPIFFE ID whose expiry the gauge currently shows (replaced on an ID change).
+    svid_id: Mutex<Option<Arc<str>>>,
+}
+
+/// A connection's labels, resolved once when its peer is known.
+#[derive(Debug, Clone)]
+pub struct PeerLabels {
+    direction: &'static str,
+    listener: Arc<str>,
+    /// Capped label value (may be `other`).
+    peer_label: Arc<str>,
+    /// The full identity, for audit records.
+    peer: SpiffeId,
+}
 
 impl Telemetry {
+    pub fn new(metrics: Metrics, audit: AuditLog) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                metrics,
+                audit,
+                svid_id: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+
+    /// Resolves a connection's labels (one capped `peer_id` lookup).
+    pub fn peer(&self, direction: Direction, listener: &Arc<str>, peer: &SpiffeId) -> PeerLabels {
+        PeerLabels {
+            direction: direction.as_str(),
+            listener: listener.clone(),
+            peer_label: self.inner.metrics.peer_label(peer.as_str()),
+            peer: peer.clone(),
+        }
+    }
+
+    pub fn handshake_ok(&self, p: &PeerLabels, started: Instant) {
+        self.inner.metrics.handshake(
+            p.direction,
+            p.listener.clone(),
+            p.peer_label.clone(),
+            "ok",
+            started.elapsed().as_secs_f64(),
+        );
+    }
+
+    /// `expected` is the identity an outbound connection was trying to reach; inbound
+    /// failures have no proven peer and are labelled `unknown`.
+    #[allow(clippy::too_many_arguments)]
     pub fn handshake_failed(
         &self,
         direction: Direction,
-        listener: &str,
+        listener: &Arc<str>,
         conn_id: u64,
         peer_addr: SocketAddr,
         failure: HandshakeFailure,
         detail: &str,
+        expected: Option<&SpiffeId>,
+        started: Instant,
     ) {
-        tracing::warn!(
-            target: "warden::audit",
-            event = "handshake",
-            direction = direction.as_str(),
-            listener,
-            conn_id,
-            %peer_addr,
-            result = failure.as_label(),
-            detail,
-            "handshake failed"
+        let peer_label = match expected {
+            Some(id) => self.inner.metrics.peer_label(id.as_str()),
+            None => Arc::from(UNKNOWN_PEER),
+        };
+        self.inner.metrics.handshake(
+            direction.as_str(),
+            listener.clone(),
+            peer_label,
+            failure.as_label(),
+            started.elapsed().as_secs_f64(),
         );
+        tracing::debug!(direction = direction.as_str(), listener = &**listener, conn_id, %peer_addr, result = failure.as_label(), detail, "handshake failed");
+        self.inner.audit.emit(Record {
+            direction: Some(direction.as_str()),
+            listener: Some(listener.clone()),
+            peer_id: expected.map(|id| id.as_str().to_owned()),
+            peer_addr: Some(peer_addr),
+            reason: Some(failure.as_label().to_owned()),
+            policy_version: Some(self.inner.metrics.policy_version()),
+            conn_id: Some(conn_id),
+            detail: Some(detail.to_owned()),
+            ..Record::new("handshake_failure")
+        });
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn decision(
         &self,
-        direction: Direction,
-        listener: &str,
+        p: &PeerLabels,
         conn_id: u64,
         peer_addr: SocketAddr,
-        peer: &SpiffeId,
         decision: &Decision<'_>,
         policy_version: u64,
     ) {
-        let verdict = if decision.allowed { "allow" } else { "deny" };
+        let verdict = decision.as_label();
         let rule = match decision.reason {
-            warden_policy::Reason::Matched { rule } => rule,
-            _ => "",
+            Reason::Matched { rule } => Some(rule.to_owned()),
+            _ => None,
         };
-        tracing::info!(
-            target: "warden::audit",
-            event = "authz",
-            direction = direction.as_str(),
-            listener,
-            conn_id,
-            %peer_addr,
-            peer_id = peer.as_str(),
-            decision = verdict,
-            reason = decision.reason.as_label(),
-            rule,
-            policy_version,
-            "connection {verdict}ed"
+        self.inner.metrics.decision(
+            p.direction,
+            p.listener.clone(),
+            p.peer_label.clone(),
+            verdict,
+            decision.reason.as_label(),
         );
+        tracing::debug!(direction = p.direction, listener = &*p.listener, conn_id, %peer_addr, peer_id = p.peer.as_str(), decision = verdict, reason = decision.reason.as_label(), policy_version, "authorization decision");
+        self.inner.audit.emit(Record {
+            direction: Some(p.direction),
+            listener: Some(p.listener.clone()),
+            peer_id: Some(p.peer.as_str().to_owned()),
+            peer_addr: Some(peer_addr),
+            decision: Some(verdict),
+            rule,
+            reason: Some(decision.reason.as_label().to_owned()),
+            policy_version: Some(policy_version),
+            conn_id: Some(conn_id),
+            ..Record::new("authz")
+        });
+    }
+
+    /// The connection starts relaying: counts it open until the returned handles drop, and
+    /// hands out the byte counters (see [`ConnMeters::meter`]).
+    pub fn open(&self, p: &PeerLabels) -> ConnMeters {
+        self.inner
+            .metrics
+            .open(p.direction, p.listener.clone(), p.peer_label.clone())
     }
 
     pub fn closed(
         &self,
-        direction: Direction,
-        listener: &str,
+        p: &PeerLabels,
         conn_id: u64,
+        peer_addr: SocketAddr,
         reason: CloseReason,
         rx: u64,
         tx: u64,
     ) {
+        self.inner
+            .metrics
+            .closed(p.direction, p.listener.clone(), reason.as_label());
         tracing::debug!(
-            target: "warden::audit",
-            event = "close",
-            direction = direction.as_str(),
-            listener,
+            direction = p.direction,
+            listener = &*p.listener,
             conn_id,
             reason = reason.as_label(),
             rx,
             tx,
             "connection closed"
         );
+        if reason == CloseReason::Revoked {
+            self.inner.audit.emit(Record {
+                direction: Some(p.direction),
+                listener: Some(p.listener.clone()),
+                peer_id: Some(p.peer.as_str().to_owned()),
+                peer_addr: Some(peer_addr),
+                decision: Some("deny"),
+                reason: Some(reason.as_label().to_owned()),
+                policy_version: Some(self.inner.metrics.policy_version()),
+                conn_id: Some(conn_id),
+                ..Record::new("revoked")
+            });
+        }
+    }
+
+    /// `limits.max_connections` refused a connection at accept.
+    pub fn refused_at_limit(&self, direction: Direction, listener: &Arc<str>) {
+        self.inner.metrics.closed(
+            direction.as_str(),
+            listener.clone(),
+            CloseReason::Limit.as_label(),
+        );
+    }
+
+    /// A new SVID was installed.
+    pub fn svid_loaded(&self, source: &str, identity: &Identity) {
+        let id: Arc<str> = Arc::from(identity.spiffe_id().as_str());
+        let expiry = identity
+            .not_after()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        {
+            let mut current = self.inner.svid_id.lock().unwrap_or_else(|p| p.into_inner());
+            self.inner
+                .metrics
+                .svid_expiry(current.as_ref(), id.clone(), expiry);
+            *current = Some(id);
+        }
+        self.inner.metrics.rotation("ok");
+        let expires = humantime::format_rfc3339_seconds(identity.not_after());
+        self.inner.audit.emit(Record {
+            peer_id: Some(identity.spiffe_id().as_str().to_owned()),
+            decision: Some("ok"),
+            reason: Some(format!("SVID from {source} loaded; expires {expires}")),
+            ..Record::new("rotation")
+        });
+    }
+
+    /// The source offered an SVID that failed validation; the previous one stays.
+    pub fn svid_rejected(&self, source: &str, reason: &str) {
+        self.inner.metrics.rotation("rejected");
+        self.inner.audit.emit(Record {
+            decision: Some("rejected"),
+            reason: Some(format!("SVID from {source} rejected: {reason}")),
+            ..Record::new("rotation")
+        });
+    }
+
+    /// A policy was installed (`Shared::apply_policy` calls this for every snapshot it
+    /// swaps in). `result` is `ok`, or why the update was replaced by deny-all (`invalid`);
+    /// unknown values are counted as `error` so the label set stays fixed.
+    pub fn policy_update(&self, result: &str, version: u64, source: &str, revoked: usize) {
+        let result = match result {
+            "ok" => "ok",
+            "invalid" => "invalid",
+            "rejected" => "rejected",
+            _ => "error",
+        };
+        self.inner.metrics.policy_update(result, Some(version));
+        tracing::info!(version, source, result, revoked, "policy applied");
+        self.inner.audit.emit(Record {
+            decision: Some(result),
+            reason: Some(format!(
+                "policy from {source} applied; {revoked} open connection(s) revoked"
+            )),
+            policy_version: Some(version),
+            ..Record::new("policy")
+        });
+    }
+
+    /// The enforced policy's version, without counting an update (start-up).
+    pub fn set_policy_version(&self, version: u64) {
+        self.inner.metrics.set_policy_version(version);
+    }
+
+    /// `warden_control_plane_connected`: set by the control-plane watch client.
+    pub fn control_plane_connected(&self, connected: bool) {
+        self.inner.metrics.set_control_plane_connected(connected);
     }
 }

@@ -3,7 +3,10 @@
 //! flags, logging set-up, signals and exit codes. No protocol or policy logic lives here.
 #![forbid(unsafe_code)]
 
+mod control_plane;
+mod policy;
 mod sidecar;
+mod top;
 
 use std::process::ExitCode;
 
@@ -21,12 +24,20 @@ struct Cli {
 enum Command {
     /// Run the per-pod proxy: mTLS in and out, default-deny peer allowlist.
     Sidecar(sidecar::Args),
+    /// Run the control plane: policy API, built-in CA, SPIFFE Workload API server.
+    ControlPlane(control_plane::Args),
+    /// Read and change allowlists on the control plane.
+    Policy(policy::Args),
+    /// Live table of peer-auth metrics of one or more sidecars (from their admin endpoints).
+    Top(top::Args),
 }
 
 /// Entry point of the `warden` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Long-running processes log at info; one-shot commands only when something is wrong.
+    let quiet = !matches!(cli.command, Command::Sidecar(_) | Command::ControlPlane(_));
+    init_logging(if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -40,6 +51,9 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Sidecar(args) => sidecar::run(args).await,
+            Command::ControlPlane(args) => control_plane::run(args).await,
+            Command::Policy(args) => policy::run(args).await,
+            Command::Top(args) => top::run(args).await,
         }
     });
     match result {
@@ -51,9 +65,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -35,7 +35,9 @@ pub struct SourceHandle {
 }
 
 impl SourceHandle {
-    pub(crate) fn new(events: mpsc::Receiver<SourceEvent>, task: JoinHandle<()>) -> Self {
+    /// For sources implemented outside this crate (the control plane's built-in CA): the
+    /// task is aborted when the handle is dropped.
+    pub fn new(events: mpsc::Receiver<SourceEvent>, task: JoinHandle<()>) -> Self {
         Self { events, task }
     }
 }

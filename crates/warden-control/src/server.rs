@@ -1,0 +1,224 @@
+//! The control-plane process: store, identity, the gRPC API over mTLS, and (with the
+//! built-in CA) the SPIFFE Workload API on Unix sockets.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use warden_identity::{IdentityStore, SourceEvent, SvidSource};
+use warden_proto::control::v1::policy_service_server::PolicyServiceServer;
+
+use crate::config::{ControlIdentity, ControlPlaneConfig};
+use crate::policy_service::PolicyApi;
+use crate::store::{RedbStore, StoreError};
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("built-in CA: {0}")]
+    Ca(String),
+    #[error("listen {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+    #[error("Workload API: {0}")]
+    WorkloadApi(String),
+}
+
+/// A running control plane. Dropping it stops the API; [`ControlPlane::shutdown`] waits.
+pub struct ControlPlane {
+    addr: SocketAddr,
+    identity: Arc<IdentityStore>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+    identity_task: JoinHandle<()>,
+    extras: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.identity_task.abort();
+        self.server.abort();
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| StartError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(err)?;
+    // An existing directory keeps its mode unless we tighten it: it holds the CA key.
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+impl ControlPlane {
+    /// Starts everything `config` asks for. Returns once the API listener is bound; the
+    /// serving SVID may arrive a moment later (until then handshakes fail closed).
+    pub async fn start(config: &ControlPlaneConfig) -> Result<Self, StartError> {
+        create_private_dir(&config.data_dir)?;
+        let mut extras: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+        let ca = if config.ca.enabled {
+            let ca = crate::ca::BuiltinCa::load_or_create(&config.data_dir, &config.trust_domain)
+                .map_err(|e| StartError::Ca(e.to_string()))?;
+            let ca = Arc::new(ca);
+            if let Some(admin) = config.admins.first() {
+                ca.write_admin_credential(&config.data_dir.join("admin"), admin)
+                    .map_err(|e| StartError::Ca(e.to_string()))?;
+            }
+            if !config.workload_api.is_empty() {
+                let handle = crate::workload_api::serve_workload_api(
+                    ca.clone(),
+                    config.workload_api.clone(),
+                    config.ca.svid_ttl,
+                    std::future::pending(),
+                )
+                .await
+                .map_err(|e| StartError::WorkloadApi(e.to_string()))?;
+                extras.push(Box::new(handle));
+            }
+            Some(ca)
+        } else {
+            None
+        };
+        let source: Box<dyn SvidSource> = match &config.identity {
+            ControlIdentity::BuiltinCa { spiffe_id } => {
+                let ca = ca.ok_or_else(|| {
+                    StartError::Ca("[identity] source = \"builtin-ca\" needs [ca] enabled".into())
+                })?;
+                Box::new(crate::ca_source::BuiltinCaSource::new(
+                    ca,
+                    spiffe_id.clone(),
+                    config.ca.svid_ttl,
+                ))
+            }
+            ControlIdentity::Source(identity) => warden_sidecar::source_for(identity),
+        };
+        let mut cp = Self::start_with_source(config, source).await?;
+        cp.extras = extras;
+        Ok(cp)
+    }
+
+    /// Starts the policy API with an explicit SVID source (no CA, no Workload API).
+    pub async fn start_with_source(
+        config: &ControlPlaneConfig,
+        source: Box<dyn SvidSource>,
+    ) -> Result<Self, StartError> {
+        create_private_dir(&config.data_dir)?;
+        let store = RedbStore::open(&config.data_dir.join("policy.redb"))?;
+        let identity = IdentityStore::new();
+        let identity_task = tokio::spawn(follow(source, identity.clone()));
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().unwrap_or(config.listen);
+        let tls = crate::transport::server_config(&identity)?;
+        let incoming = crate::transport::incoming(listener, tls, Duration::from_secs(10));
+
+        let api = PolicyApi::new(Arc::new(store), config.admins.iter().cloned());
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<PolicyServiceServer<PolicyApi>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(warden_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartError::Reflection(e.to_string()))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(15)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(PolicyServiceServer::new(api));
+        let server = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "control-plane API stopped");
+            }
+        });
+        tracing::info!(%addr, trust_domain = %config.trust_domain, "control plane listening");
+        Ok(Self {
+            addr,
+            identity,
+            stop: Some(stop),
+            server,
+            identity_task,
+            extras: Vec::new(),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn identity(&self) -> &Arc<IdentityStore> {
+        &self.identity
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.identity.usable().is_some()
+    }
+
+    /// Stops accepting calls and waits for the server task to end.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let server = std::mem::replace(&mut self.server, tokio::spawn(async {}));
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+}
+
+async fn follow(source: Box<dyn SvidSource>, store: Arc<IdentityStore>) {
+    let name = source.name();
+    let mut handle = source.start();
+    while let Some(event) = handle.events.recv().await {
+        match event {
+            SourceEvent::Updated(identity) => {
+                tracing::info!(target: "warden::audit", event = "rotation", source = name, spiffe_id = %identity.spiffe_id(), "control-plane SVID loaded");
+                store.set(identity);
+            }
+            SourceEvent::Rejected { reason } => {
+                tracing::warn!(source = name, %reason, "new control-plane SVID rejected; keeping the previous one")
+            }
+            SourceEvent::Unavailable { reason } => {
+                tracing::warn!(source = name, %reason, "SVID source unavailable")
+            }
+        }
+    }
+}

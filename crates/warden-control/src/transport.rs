@@ -1,0 +1,153 @@
+//! gRPC over mutual TLS 1.3 for the control plane's API.
+//!
+//! Handshakes run in their own tasks so a slow or hostile client cannot stall the accept
+//! loop; only completed handshakes reach tonic. Each connection carries the caller's
+//! validated SPIFFE ID as a request extension ([`Caller`]), which is the only thing the API
+//! authorizes on: never a field of the request.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+use warden_identity::svid::spiffe_id_of;
+use warden_identity::{HandshakeFailure, IdentityStore, SpiffeId};
+
+/// The authenticated caller of an RPC.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub spiffe_id: SpiffeId,
+    pub addr: SocketAddr,
+}
+
+/// A server-side mTLS connection, tagged with its peer.
+pub struct MtlsConn {
+    stream: TlsStream<TcpStream>,
+    caller: Caller,
+}
+
+impl Connected for MtlsConn {
+    type ConnectInfo = Caller;
+    fn connect_info(&self) -> Caller {
+        self.caller.clone()
+    }
+}
+
+impl AsyncRead for MtlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MtlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// TLS 1.3, client SVID mandatory, ALPN h2: the control plane's server configuration.
+pub fn server_config(identity: &Arc<IdentityStore>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let base = warden_sidecar::tls::server_config(identity)?;
+    let mut config = (*base).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts TCP on `listener`, completes mTLS handshakes concurrently (each bounded by
+/// `handshake_timeout`), and yields authenticated connections for tonic.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    handshake_timeout: Duration,
+) -> tokio_stream::wrappers::ReceiverStream<Result<MtlsConn, io::Error>> {
+    let (tx, rx) = mpsc::channel(128);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(conn) => {
+                    backoff = Duration::from_millis(5);
+                    conn
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "control plane: accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let reason = HandshakeFailure::classify_io(&e).as_label();
+                        tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = reason, error = %e, "control-plane handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = "timeout", "control-plane handshake timed out");
+                        return;
+                    }
+                };
+                let id = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(spiffe_id_of);
+                let Some(Ok(spiffe_id)) = id else {
+                    tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = "bad_svid", "control-plane caller has no readable SPIFFE ID");
+                    return;
+                };
+                let conn = MtlsConn {
+                    stream,
+                    caller: Caller { spiffe_id, addr },
+                };
+                let _ = tx.send(Ok(conn)).await;
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

@@ -1,0 +1,284 @@
+//! The sidecar's link to the control plane: watch our own workload's policy, apply each
+//! snapshot atomically (re-checking open connections), remember it in the last-known-good
+//! cache, acknowledge the applied version, and reconnect with backoff and jitter.
+//!
+//! While the control plane is unreachable the last applied policy stays in force; nothing
+//! here ever widens access on an error.
+
+pub mod client;
+pub mod convert;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use warden_identity::SpiffeId;
+use warden_policy::{PolicySnapshot, PolicySource, WorkloadPolicy};
+use warden_proto::control::v1::policy_service_client::PolicyServiceClient;
+use warden_proto::control::v1::{self as pb, WatchRequest, watch_request};
+
+use crate::Shared;
+
+/// Where and whom to watch.
+#[derive(Debug, Clone)]
+pub struct WatchTarget {
+    pub url: String,
+    pub control_plane_id: SpiffeId,
+    pub cache: Option<PathBuf>,
+}
+
+/// The last-known-good cache file: the last snapshot the control plane sent.
+#[derive(Debug, Serialize, Deserialize)]
+struct CacheFile {
+    version: u64,
+    policy: Option<WorkloadPolicy>,
+}
+
+/// Reads the cache, if there is a usable one for `me`. A damaged or foreign cache is
+/// ignored (with a warning) rather than trusted.
+pub fn load_cache(path: &Path, me: Option<&SpiffeId>) -> Option<PolicySnapshot> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "policy cache unreadable; ignoring it");
+            return None;
+        }
+    };
+    let cache: CacheFile = match serde_json::from_slice(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "policy cache damaged; ignoring it");
+            return None;
+        }
+    };
+    if let (Some(me), Some(p)) = (me, &cache.policy)
+        && &p.spiffe_id != me
+    {
+        tracing::warn!(path = %path.display(), cached = %p.spiffe_id, "policy cache belongs to another workload; ignoring it");
+        return None;
+    }
+    Some(
+        PolicySnapshot::compile(cache.policy.as_ref(), PolicySource::Cache)
+            .with_version(cache.version),
+    )
+}
+
+fn write_cache(path: &Path, version: u64, policy: Option<WorkloadPolicy>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bytes =
+        serde_json::to_vec_pretty(&CacheFile { version, policy }).map_err(std::io::Error::other)?;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Turns a wire snapshot into what the data plane enforces. A policy that fails to parse,
+/// or that names another workload, becomes "deny everything" (default deny).
+fn compile(
+    snapshot: &pb::PolicySnapshot,
+    me: Option<&SpiffeId>,
+) -> (PolicySnapshot, Option<WorkloadPolicy>, &'static str) {
+    let deny =
+        || PolicySnapshot::compile(None, PolicySource::ControlPlane).with_version(snapshot.version);
+    if !snapshot.present {
+        return (deny(), None, "ok");
+    }
+    let Some(wire) = &snapshot.policy else {
+        return (deny(), None, "invalid");
+    };
+    match convert::from_proto(wire) {
+        Ok(policy) if me.is_none_or(|me| &policy.spiffe_id == me) => {
+            let compiled = PolicySnapshot::compile(Some(&policy), PolicySource::ControlPlane);
+            (compiled, Some(policy), "ok")
+        }
+        Ok(policy) => {
+            tracing::error!(policy_for = %policy.spiffe_id, "control plane sent another workload's policy; denying everything");
+            (deny(), None, "invalid")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "control plane sent a policy that does not parse; denying everything");
+            (deny(), None, "invalid")
+        }
+    }
+}
+
+/// Runs forever: connect, watch, apply, ack; on any failure back off and retry.
+pub(crate) async fn watch_loop(shared: Arc<Shared>, target: WatchTarget) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut generation = shared.identity.subscribe();
+    loop {
+        // Without an SVID we cannot authenticate; wait for one rather than spin.
+        while shared.identity.usable().is_none() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), generation.changed()).await;
+        }
+        match watch_once(&shared, &target, &mut backoff).await {
+            Ok(()) => tracing::warn!(url = %target.url, "control plane closed the policy stream"),
+            Err(e) => {
+                tracing::warn!(url = %target.url, error = %e, "policy watch failed; keeping the last policy")
+            }
+        }
+        shared.telemetry.control_plane_connected(false);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn watch_once(
+    shared: &Arc<Shared>,
+    target: &WatchTarget,
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let channel = client::connect(
+        &target.url,
+        &shared.identity,
+        &target.control_plane_id,
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut api = PolicyServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(16);
+    let hello = WatchRequest {
+        msg: Some(watch_request::Msg::Hello(pb::Hello {
+            sidecar_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })),
+    };
+    tx.send(hello)
+        .await
+        .map_err(|_| "request stream closed".to_owned())?;
+    let mut stream = api
+        .watch_policy(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    shared.telemetry.control_plane_connected(true);
+    tracing::info!(url = %target.url, "watching policy");
+    loop {
+        let snapshot = match stream.message().await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(()),
+            Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
+        };
+        backoff.reset();
+        let me = shared.identity.load().map(|i| i.spiffe_id().clone());
+        let (compiled, policy, result) = compile(&snapshot, me.as_ref());
+        let version = snapshot.version;
+        shared.apply_policy(compiled, result);
+        if let Some(path) = target.cache.clone() {
+            let written =
+                tokio::task::spawn_blocking(move || write_cache(&path, version, policy)).await;
+            if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
+                tracing::warn!(error = %e, "cannot write the policy cache; enforcement is unaffected");
+            }
+        }
+        let ack = WatchRequest {
+            msg: Some(watch_request::Msg::Ack(pb::Ack {
+                applied_version: version,
+            })),
+        };
+        if tx.send(ack).await.is_err() {
+            return Err("request stream closed".into());
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, so a fleet of sidecars does not reconnect in step
+/// after a control-plane restart.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15)
+            | 1;
+        Self {
+            min,
+            max,
+            current: min,
+            seed,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        // xorshift: jitter needs no cryptographic quality.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let cap = self.current.as_millis() as u64;
+        let delay = Duration::from_millis(cap / 2 + self.seed % (cap / 2 + 1));
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)));
+        assert!(delays[9] >= Duration::from_secs(5));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn cache_round_trips_and_foreign_or_damaged_caches_are_ignored() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("policy.json");
+        let text = "[[workload]]\nspiffe_id = \"spiffe://example.org/me\"\ninbound.http = [\"spiffe://example.org/a\"]\n";
+        let mut policy = warden_policy::parse_policy_file(text)
+            .expect("policy")
+            .remove(0);
+        policy.version = 9;
+        write_cache(&path, 9, Some(policy.clone())).expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+        let me = SpiffeId::parse("spiffe://example.org/me").expect("id");
+        let snap = load_cache(&path, Some(&me)).expect("cache");
+        assert_eq!(snap.version(), 9);
+        assert_eq!(snap.source(), PolicySource::Cache);
+        let peer = SpiffeId::parse("spiffe://example.org/a").expect("id");
+        assert!(
+            snap.decide(warden_policy::Direction::Inbound, "http", &peer)
+                .allowed
+        );
+        let other = SpiffeId::parse("spiffe://example.org/other").expect("id");
+        assert!(load_cache(&path, Some(&other)).is_none());
+        std::fs::write(&path, b"{not json").expect("w");
+        assert!(load_cache(&path, Some(&me)).is_none());
+    }
+}

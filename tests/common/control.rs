@@ -1,0 +1,215 @@
+//! A real `warden control-plane` process for tests, with identities from the test PKI
+//! (files), plus a policy API client for the test itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use warden_identity::{IdentityStore, SpiffeId};
+use warden_proto::control::v1 as pb;
+use warden_proto::control::v1::policy_service_client::PolicyServiceClient;
+
+use super::pki::Ca;
+use super::{TD, id};
+
+pub const CP_PATH: &str = "/warden/control-plane";
+pub const ADMIN_PATH: &str = "/warden/admin";
+
+/// A control-plane process that can be killed and restarted on the same port and data.
+pub struct CpProcess {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+/// A port the OS just handed out; the control plane binds it right after.
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+impl CpProcess {
+    pub fn start(ca: &Ca) -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ident = dir.path().join("identity");
+        std::fs::create_dir_all(&ident).expect("mkdir");
+        ca.write_files(&ca.svid(&id(CP_PATH)), &ident);
+        let admin = dir.path().join("admin-cred");
+        std::fs::create_dir_all(&admin).expect("mkdir");
+        ca.write_files(&ca.svid(&id(ADMIN_PATH)), &admin);
+        let addr = free_port();
+        let config = format!(
+            r#"
+trust_domain = "{TD}"
+listen = "{addr}"
+data_dir = "{data}"
+admins = ["{admin_id}"]
+[identity]
+source = "files"
+cert = "{ident}/tls.crt"
+key = "{ident}/tls.key"
+bundle = "{ident}/ca.crt"
+[ca]
+enabled = false
+"#,
+            data = dir.path().join("data").display(),
+            admin_id = id(ADMIN_PATH),
+            ident = ident.display(),
+        );
+        std::fs::write(dir.path().join("cp.toml"), config).expect("config");
+        let mut cp = Self {
+            dir,
+            addr,
+            child: None,
+        };
+        cp.spawn();
+        cp
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn admin_dir(&self) -> PathBuf {
+        self.dir.path().join("admin-cred")
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("cp.log"))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["control-plane", "--config"])
+            .arg(self.dir.path().join("cp.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn control plane");
+        self.child = Some(child);
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cp.log")).unwrap_or_default()
+    }
+
+    /// A policy API client authenticated with the SVID in `dir` (tls.crt/tls.key/ca.crt),
+    /// retrying until the control plane answers or `within` passes.
+    pub async fn client_with(&self, dir: &Path, within: Duration) -> PolicyServiceClient<Channel> {
+        let store = identity_from_dir(dir);
+        let cp_id = SpiffeId::parse(&id(CP_PATH)).expect("id");
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let attempt = warden_sidecar::control::client::connect(
+                &self.url(),
+                &store,
+                &cp_id,
+                Duration::from_secs(2),
+            )
+            .await;
+            if let Ok(channel) = attempt {
+                return PolicyServiceClient::new(channel);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "control plane not reachable; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn admin(&self) -> PolicyServiceClient<Channel> {
+        self.client_with(&self.admin_dir(), Duration::from_secs(15))
+            .await
+    }
+}
+
+impl Drop for CpProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn identity_from_dir(dir: &Path) -> Arc<IdentityStore> {
+    let files = warden_identity::FilesSource::new(
+        dir.join("tls.crt"),
+        dir.join("tls.key"),
+        dir.join("ca.crt"),
+    );
+    let store = IdentityStore::new();
+    store.set(Arc::new(files.load().expect("identity files")));
+    store
+}
+
+/// Writes an SVID for `path` into a fresh directory and returns it.
+pub fn identity_dir(ca: &Ca, parent: &Path, path: &str) -> PathBuf {
+    let dir = parent.join(path.trim_start_matches('/').replace('/', "_"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    ca.write_files(&ca.svid(&id(path)), &dir);
+    dir
+}
+
+/// The policy of `workload`: inbound `http` from `peers`.
+pub fn inbound_policy(workload: &str, peers: &[&str]) -> pb::WorkloadPolicy {
+    let mut p = pb::WorkloadPolicy {
+        spiffe_id: id(workload),
+        ..Default::default()
+    };
+    p.inbound.insert(
+        "http".into(),
+        pb::PatternList {
+            patterns: peers.iter().map(|x| id(x)).collect(),
+        },
+    );
+    p
+}
+
+pub async fn put(
+    api: &mut PolicyServiceClient<Channel>,
+    policy: pb::WorkloadPolicy,
+    expected: Option<u64>,
+) -> Result<u64, tonic::Status> {
+    let resp = api
+        .put_policy(pb::PutPolicyRequest {
+            policy: Some(policy),
+            expected_version: expected,
+        })
+        .await?;
+    Ok(resp.into_inner().policy.map(|p| p.version).unwrap_or(0))
+}
+
+/// Sidecar config with one inbound listener `http`, watching the control plane at `url`.
+pub fn watched_inbound_config(forward: SocketAddr, url: &str, cache: &Path) -> String {
+    format!(
+        r#"
+trust_domain = "{TD}"
+[identity]
+source = "files"
+cert = "unused"
+key = "unused"
+bundle = "unused"
+[policy]
+control_plane = "{url}"
+cache = "{cache}"
+[[inbound]]
+name = "http"
+listen = "127.0.0.1:0"
+forward = "{forward}"
+"#,
+        cache = cache.display()
+    )
+}
