@@ -444,3 +444,46 @@ async fn a_thousand_watchers_all_receive_a_change() {
         t.abort();
     }
 }
+
+#[tokio::test]
+async fn generic_grpc_tools_work_health_and_reflection() {
+    let ca = Ca::new(TD);
+    let cp = CpProcess::start(&ca);
+    let _ = cp.admin().await;
+    let store = identity_from_dir(&cp.admin_dir());
+    let cp_id = warden_identity::SpiffeId::parse(&id(CP_PATH)).expect("id");
+    let channel = warden_sidecar::control::client::connect(&cp.url(), &store, &cp_id, Duration::from_secs(5))
+        .await
+        .expect("connect");
+
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "warden.control.v1.PolicyService".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(status.status, ServingStatus::Serving as i32);
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let reply = responses.message().await.expect("reply").expect("some");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply: {reply:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == "warden.control.v1.PolicyService"), "{names:?}");
+}

@@ -609,3 +609,36 @@ async fn warden_top_once_shows_both_sidecars_peers() {
         ("3", "0", "0")
     );
 }
+
+/// A connection refused by `limits.max_connections` is counted as closed with reason `limit`.
+#[tokio::test]
+async fn connections_over_the_limit_are_counted_as_limit() {
+    let ca = Ca::new(TD);
+    let app = EchoApp::start().await;
+    let toml = format!(
+        "{}\n[limits]\nmax_connections = 1\n",
+        inbound_config(app.addr, &[id("/a")])
+    );
+    let b = sidecar(&toml, ca.identity(&id("/b"), &[])).await;
+    let addr = b.inbound_addr("http").expect("inbound");
+    // Hold the only permit with a connection that has not finished its handshake; the
+    // accept loop takes connections in order, so the second one is the one refused.
+    let _holder = TcpStream::connect(addr).await.expect("first");
+    let mut second = TcpStream::connect(addr).await.expect("second");
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .expect("refused connection is closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let text = scrape_until(b.admin_addr(), "a refusal counted as limit", |t| {
+        value(t, "warden_connections_closed_total", &[("reason", "limit")]) >= 1
+    })
+    .await;
+    let limit = [
+        ("direction", "inbound"),
+        ("listener", "http"),
+        ("reason", "limit"),
+    ];
+    assert_eq!(value(&text, "warden_connections_closed_total", &limit), 1);
+    assert_eq!(app.accepts(), 0);
+}

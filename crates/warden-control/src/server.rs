@@ -46,7 +46,7 @@ pub struct ControlPlane {
     addr: SocketAddr,
     identity: Arc<IdentityStore>,
     stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
+    server: Option<JoinHandle<()>>,
     identity_task: JoinHandle<()>,
     extras: Vec<Box<dyn std::any::Any + Send>>,
 }
@@ -54,7 +54,9 @@ pub struct ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.identity_task.abort();
-        self.server.abort();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
     }
 }
 
@@ -176,7 +178,7 @@ impl ControlPlane {
             addr,
             identity,
             stop: Some(stop),
-            server,
+            server: Some(server),
             identity_task,
             extras: Vec::new(),
         })
@@ -199,8 +201,9 @@ impl ControlPlane {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let server = std::mem::replace(&mut self.server, tokio::spawn(async {}));
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
     }
 }
 
