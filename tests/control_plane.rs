@@ -452,9 +452,10 @@ async fn generic_grpc_tools_work_health_and_reflection() {
     let _ = cp.admin().await;
     let store = identity_from_dir(&cp.admin_dir());
     let cp_id = warden_identity::SpiffeId::parse(&id(CP_PATH)).expect("id");
-    let channel = warden_sidecar::control::client::connect(&cp.url(), &store, &cp_id, Duration::from_secs(5))
-        .await
-        .expect("connect");
+    let channel =
+        warden_sidecar::control::client::connect(&cp.url(), &store, &cp_id, Duration::from_secs(5))
+            .await
+            .expect("connect");
 
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
@@ -467,10 +468,10 @@ async fn generic_grpc_tools_work_health_and_reflection() {
         .into_inner();
     assert_eq!(status.status, ServingStatus::Serving as i32);
 
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -485,5 +486,8 @@ async fn generic_grpc_tools_work_health_and_reflection() {
         panic!("unexpected reflection reply: {reply:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.iter().any(|n| n == "warden.control.v1.PolicyService"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == "warden.control.v1.PolicyService"),
+        "{names:?}"
+    );
 }

@@ -13,8 +13,7 @@
 //! open Workload API stream without a restart.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,10 +23,9 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use thiserror::Error;
 use tokio::sync::watch;
-use warden_identity::svid::{self, Usage};
 use warden_identity::{
     Bundle, BundleError, BundleSet, Identity, IdentityError, SpiffeId, SvidError, TrustDomain,
 };
@@ -121,6 +119,13 @@ impl TrustBundles {
     }
 }
 
+mod admin;
+mod files;
+
+pub use admin::AdminCredentialStatus;
+pub use files::write_private;
+use files::{create_private_dir, sync_dir};
+
 /// An SVID fresh from the CA. `Debug` omits the key.
 pub struct IssuedSvid {
     pub spiffe_id: SpiffeId,
@@ -157,14 +162,6 @@ impl IssuedSvid {
     pub fn private_key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.to_vec()))
     }
-}
-
-/// Whether [`BuiltinCa::ensure_admin_credential`] had to write anything.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminCredentialStatus {
-    Created,
-    Reused,
-    Reissued { reason: String },
 }
 
 /// The CA: its signing key (never leaves this struct) and the published trust state.
@@ -409,88 +406,6 @@ impl BuiltinCa {
         let cert = params.signed_by(&key, &self.issuer).map_err(sign_err)?;
         Ok((cert, key, not_before, not_after))
     }
-
-    /// Writes `tls.crt` (PEM chain), `tls.key` (PEM PKCS#8) and `ca.crt` (PEM bundle) for `id`
-    /// into `dir`, valid for [`ADMIN_CREDENTIAL_TTL`], every file 0600 and renamed into place.
-    /// Unconditional; at start-up [`Self::ensure_admin_credential`] is usually what is wanted.
-    pub fn write_admin_credential(&self, dir: &Path, id: &SpiffeId) -> Result<IssuedSvid, CaError> {
-        self.write_credential(dir, id, ADMIN_CREDENTIAL_TTL)
-    }
-
-    fn write_credential(
-        &self,
-        dir: &Path,
-        id: &SpiffeId,
-        ttl: Duration,
-    ) -> Result<IssuedSvid, CaError> {
-        let (cert, key, not_before, not_after) = self.sign_leaf(id, ttl)?;
-        create_private_dir(dir)?;
-        write_private(&dir.join("ca.crt"), self.cert_pem.as_bytes())?;
-        let key_pem = Zeroizing::new(key.serialize_pem());
-        write_private(&dir.join("tls.key"), key_pem.as_bytes())?;
-        write_private(&dir.join("tls.crt"), cert.pem().as_bytes())?;
-        tracing::info!(spiffe_id = %id, dir = %dir.display(), expires = %humantime::format_rfc3339_seconds(not_after), "admin credential written");
-        Ok(IssuedSvid {
-            spiffe_id: id.clone(),
-            chain: vec![cert.der().clone()],
-            key: Zeroizing::new(key.serialize_der()),
-            not_before,
-            not_after,
-        })
-    }
-
-    /// Keeps the admin credential in `data_dir/admin/` usable: writes it when absent, and
-    /// re-issues it when it is for another ID, does not validate against this CA, or is past
-    /// half of its lifetime (so the CLI never starts with a credential about to expire).
-    pub fn ensure_admin_credential(
-        &self,
-        data_dir: &Path,
-        id: &SpiffeId,
-    ) -> Result<AdminCredentialStatus, CaError> {
-        let dir = data_dir.join(ADMIN_DIR);
-        let cert_path = dir.join("tls.crt");
-        let status = match std::fs::read(&cert_path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AdminCredentialStatus::Created,
-            Err(e) => return Err(io_err(&cert_path)(e)),
-            Ok(pem) => match self.admin_credential_problem(&dir, &pem, id) {
-                None => return Ok(AdminCredentialStatus::Reused),
-                Some(reason) => AdminCredentialStatus::Reissued { reason },
-            },
-        };
-        self.write_admin_credential(&dir, id)?;
-        Ok(status)
-    }
-
-    /// Why the existing admin credential must be replaced, if it must.
-    fn admin_credential_problem(&self, dir: &Path, pem: &[u8], id: &SpiffeId) -> Option<String> {
-        let chain = match CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>() {
-            Ok(chain) if !chain.is_empty() => chain,
-            _ => return Some("tls.crt holds no PEM certificate".into()),
-        };
-        if !dir.join("tls.key").exists() {
-            return Some("tls.key is missing".into());
-        }
-        let bundles = match self.trust().bundle_set() {
-            Ok(b) => b,
-            Err(e) => return Some(e.to_string()),
-        };
-        match svid::validate(
-            &chain[0],
-            &chain[1..],
-            &bundles,
-            UnixTime::now(),
-            Usage::Client,
-        ) {
-            Ok(found) if &found == id => {}
-            Ok(found) => return Some(format!("it is for {found}, not {id}")),
-            Err(e) => return Some(format!("it does not validate: {e}")),
-        }
-        let (_, x509) = X509Certificate::from_der(&chain[0]).ok()?;
-        let nb = to_system_time(x509.validity().not_before);
-        let na = to_system_time(x509.validity().not_after);
-        let half = nb + na.duration_since(nb).unwrap_or_default() / 2;
-        (SystemTime::now() >= half).then(|| "past half of its lifetime".to_owned())
-    }
 }
 
 /// Creates the root under a temporary directory and renames it to `dir`, so a crash leaves
@@ -545,55 +460,11 @@ fn create_ca_dir(data_dir: &Path, dir: &Path, trust_domain: &TrustDomain) -> Res
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), CaError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(dir))
-}
-
-/// Writes `data` to `path` with mode 0600: a fresh temporary file beside it (never a reused
-/// one with looser permissions), flushed to disk, then renamed over `path`.
-pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CaError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&tmp)(e)),
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    let written = file.write_all(data).and_then(|()| file.sync_all());
-    drop(file);
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
-    }
-    if let Some(parent) = path.parent() {
-        sync_dir(parent);
-    }
-    Ok(())
-}
-
-/// Makes a rename durable. Best effort: some filesystems cannot fsync a directory, and the
-/// data itself was already synced.
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use rustls::pki_types::UnixTime;
+    use warden_identity::svid::{self, Usage};
+
     use super::*;
 
     fn td() -> TrustDomain {
@@ -719,55 +590,5 @@ mod tests {
             ca.set_federated_bundles(own),
             Err(CaError::FederateSelf(_))
         ));
-    }
-
-    #[test]
-    fn admin_credential_is_written_reused_and_reissued() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let ca = BuiltinCa::load_or_create(dir.path(), &td()).expect("ca");
-        let admin = id("/warden/admin");
-        assert_eq!(
-            ca.ensure_admin_credential(dir.path(), &admin)
-                .expect("create"),
-            AdminCredentialStatus::Created
-        );
-        let admin_dir = dir.path().join(ADMIN_DIR);
-        for f in ["tls.crt", "tls.key", "ca.crt"] {
-            assert_eq!(mode(&admin_dir.join(f)), 0o600, "{f}");
-        }
-        let files = warden_identity::FilesSource::new(
-            admin_dir.join("tls.crt"),
-            admin_dir.join("tls.key"),
-            admin_dir.join("ca.crt"),
-        );
-        assert_eq!(files.load().expect("valid files").spiffe_id(), &admin);
-        assert_eq!(
-            ca.ensure_admin_credential(dir.path(), &admin)
-                .expect("reuse"),
-            AdminCredentialStatus::Reused
-        );
-        // Another admin ID configured: re-issued for the new one.
-        let status = ca
-            .ensure_admin_credential(dir.path(), &id("/warden/ops"))
-            .expect("reissue");
-        assert!(matches!(status, AdminCredentialStatus::Reissued { .. }));
-        // Past half-life: a 2 s credential is already past it once 1 s (+ backdate) passed;
-        // the backdate alone puts a fresh one at 1/3 of its lifetime.
-        ca.write_credential(&admin_dir, &admin, Duration::from_secs(2))
-            .expect("short");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match ca
-                .ensure_admin_credential(dir.path(), &admin)
-                .expect("ensure")
-            {
-                AdminCredentialStatus::Reissued { .. } => break,
-                AdminCredentialStatus::Reused => {
-                    assert!(std::time::Instant::now() < deadline, "never re-issued");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                AdminCredentialStatus::Created => panic!("credential vanished"),
-            }
-        }
     }
 }

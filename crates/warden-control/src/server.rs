@@ -90,8 +90,10 @@ impl ControlPlane {
                 .map_err(|e| StartError::Ca(e.to_string()))?;
             let ca = Arc::new(ca);
             if let Some(admin) = config.admins.first() {
-                ca.write_admin_credential(&config.data_dir.join("admin"), admin)
+                let status = ca
+                    .ensure_admin_credential(&config.data_dir, admin)
                     .map_err(|e| StartError::Ca(e.to_string()))?;
+                tracing::info!(admin = %admin, ?status, dir = %config.data_dir.join(crate::ca::ADMIN_DIR).display(), "admin credential for the CLI");
             }
             if !config.workload_api.is_empty() {
                 let handle = crate::workload_api::serve_workload_api(

@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 mod control_plane;
+mod demo;
+mod inject;
 mod policy;
 mod sidecar;
 mod top;
@@ -26,10 +28,14 @@ enum Command {
     Sidecar(sidecar::Args),
     /// Run the control plane: policy API, built-in CA, SPIFFE Workload API server.
     ControlPlane(control_plane::Args),
+    /// The whole app -> retriever -> vectordb -> llm chain on this machine, attacks included.
+    Demo(demo::Args),
     /// Read and change allowlists on the control plane.
     Policy(policy::Args),
     /// Live table of peer-auth metrics of one or more sidecars (from their admin endpoints).
     Top(top::Args),
+    /// Add the Warden sidecar to Kubernetes manifests (writes them to stdout).
+    Inject(inject::Args),
 }
 
 /// Entry point of the `warden` binary.
@@ -53,7 +59,9 @@ pub fn main() -> ExitCode {
             Command::Sidecar(args) => sidecar::run(args).await,
             Command::ControlPlane(args) => control_plane::run(args).await,
             Command::Policy(args) => policy::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
             Command::Top(args) => top::run(args).await,
+            Command::Inject(args) => inject::run(&args),
         }
     });
     match result {

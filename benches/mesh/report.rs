@@ -1,0 +1,439 @@
+//! Figures of one run and their Markdown rendering: the results table with the
+//! Warden/Envoy and Warden/direct ratios, the targets, and the per-round raw values.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::sys::Ceilings;
+use crate::topo::Kind;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub achieved_rps: f64,
+    pub lost: u64,
+    /// Proxies' CPU seconds per 100,000 requests.
+    pub cpu_per_100k: Option<f64>,
+}
+
+/// Everything measured on one instance of one topology (one round).
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub round: usize,
+    pub loadavg: String,
+    pub error: Option<String>,
+    pub latency: BTreeMap<u32, Latency>,
+    /// bytes/s
+    pub bulk1: Option<f64>,
+    pub bulk8: Option<f64>,
+    /// Proxies' CPU seconds per GiB moved, single stream.
+    pub bulk1_cpu_per_gib: Option<f64>,
+    pub conns_per_sec: Option<f64>,
+    pub conn_p99_us: Option<f64>,
+    pub conn_failed: u64,
+    /// Proxies' CPU seconds per 1,000 new connections.
+    pub conn_cpu_per_1k: Option<f64>,
+    /// VmRSS per proxy process (client side first), idle after one request.
+    pub rss_idle: Vec<u64>,
+    /// VmRSS per proxy process with `idle_conns` open connections.
+    pub rss_conns: Vec<u64>,
+    pub idle_conns: usize,
+    pub idle_alive: usize,
+    pub threads: Vec<u64>,
+}
+
+impl Sample {
+    /// Max idle RSS of one proxy process, MiB.
+    fn rss_idle_max(&self) -> Option<f64> {
+        self.rss_idle.iter().max().map(|&b| b as f64 / MIB)
+    }
+
+    /// Extra bytes per idle connection, summed over both proxies of the hop.
+    fn bytes_per_conn(&self) -> Option<f64> {
+        if self.rss_conns.len() != self.rss_idle.len() || self.idle_conns == 0 {
+            return None;
+        }
+        let before: u64 = self.rss_idle.iter().sum();
+        let after: u64 = self.rss_conns.iter().sum();
+        Some((after as f64 - before as f64) / self.idle_conns as f64)
+    }
+}
+
+pub struct Run {
+    pub quick: bool,
+    pub rates: Vec<u32>,
+    pub conns: usize,
+    pub samples: BTreeMap<&'static str, Vec<Sample>>,
+    pub ceilings_before: Ceilings,
+    pub ceilings_after: Ceilings,
+    pub machine: Vec<(String, String)>,
+    pub notes: Vec<String>,
+    pub idle_target: usize,
+    pub group: String,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 0 {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    })
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(x) => format!("{x:.digits$}"),
+        None => "n/a".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+impl Run {
+    fn of(&self, kind: Kind) -> &[Sample] {
+        self.samples.get(kind.name()).map_or(&[], Vec::as_slice)
+    }
+
+    /// Median over the rounds of `f`.
+    fn med(&self, kind: Kind, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+        median(self.of(kind).iter().filter_map(&f).collect())
+    }
+
+    /// Median over rounds of (kind - direct) for the same round: added latency.
+    fn added(&self, kind: Kind, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+        let direct = self.of(Kind::Direct);
+        median(
+            self.of(kind)
+                .iter()
+                .filter_map(|s| {
+                    let d = direct.iter().find(|d| d.round == s.round)?;
+                    Some(f(s)? - f(d)?)
+                })
+                .collect(),
+        )
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        let _ = writeln!(
+            w,
+            "### Mesh results{}\n",
+            if self.quick { " (quick smoke run)" } else { "" }
+        );
+        for (k, v) in &self.machine {
+            let _ = writeln!(w, "- {k}: {v}");
+        }
+        let rounds = self.of(Kind::Warden).len();
+        let _ = writeln!(
+            w,
+            "- rounds: {rounds} per topology, interleaved (direct, Warden, Envoy; then reversed); each figure is the median over rounds, added latency is the median of (topology - direct) within a round\n"
+        );
+        self.table(w);
+        self.targets(w);
+        self.raw(w);
+        if !self.notes.is_empty() {
+            let _ = writeln!(w, "\nNotes from this run:\n");
+            for n in &self.notes {
+                let _ = writeln!(w, "- {n}");
+            }
+        }
+        out
+    }
+
+    fn row(
+        &self,
+        w: &mut String,
+        name: &str,
+        digits: usize,
+        f: impl Fn(&Sample) -> Option<f64> + Copy,
+    ) {
+        let d = self.med(Kind::Direct, f);
+        let wa = self.med(Kind::Warden, f);
+        let e = self.med(Kind::Envoy, f);
+        let _ = writeln!(
+            w,
+            "| {name} | {} | {} | {} | {} | {} |",
+            fmt(d, digits),
+            fmt(wa, digits),
+            fmt(e, digits),
+            fmt(ratio(wa, e), 2),
+            fmt(ratio(wa, d), 2),
+        );
+    }
+
+    fn added_row(&self, w: &mut String, name: &str, f: impl Fn(&Sample) -> Option<f64> + Copy) {
+        let wa = self.added(Kind::Warden, f);
+        let e = self.added(Kind::Envoy, f);
+        let _ = writeln!(
+            w,
+            "| {name} | 0 | {} | {} | {} | |",
+            fmt(wa, 0),
+            fmt(e, 0),
+            fmt(ratio(wa, e), 2),
+        );
+    }
+
+    fn table(&self, w: &mut String) {
+        let _ = writeln!(
+            w,
+            "| metric | direct | Warden | Envoy | Warden/Envoy | Warden/direct |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for &rate in &self.rates {
+            let lat = move |s: &Sample| s.latency.get(&rate).cloned();
+            let r = format!("{rate} rps");
+            self.row(w, &format!("latency p50 @ {r} (µs)"), 0, move |s| {
+                lat(s).map(|l| l.p50_us)
+            });
+            self.row(w, &format!("latency p99 @ {r} (µs)"), 0, move |s| {
+                lat(s).map(|l| l.p99_us)
+            });
+            self.row(w, &format!("latency p99.9 @ {r} (µs)"), 0, move |s| {
+                lat(s).map(|l| l.p999_us)
+            });
+            self.added_row(w, &format!("**added** p50 @ {r} (µs)"), move |s| {
+                lat(s).map(|l| l.p50_us)
+            });
+            self.added_row(w, &format!("**added** p99 @ {r} (µs)"), move |s| {
+                lat(s).map(|l| l.p99_us)
+            });
+            self.added_row(w, &format!("**added** p99.9 @ {r} (µs)"), move |s| {
+                lat(s).map(|l| l.p999_us)
+            });
+            self.row(w, &format!("proxy CPU s / 100k req @ {r}"), 3, move |s| {
+                lat(s).and_then(|l| l.cpu_per_100k)
+            });
+            self.row(w, &format!("achieved rate @ {r} (rps)"), 0, move |s| {
+                lat(s).map(|l| l.achieved_rps)
+            });
+        }
+        self.row(w, "bulk, 1 stream (MiB/s)", 0, |s| s.bulk1.map(|b| b / MIB));
+        self.row(w, "bulk, 8 streams (MiB/s)", 0, |s| {
+            s.bulk8.map(|b| b / MIB)
+        });
+        self.row(w, "proxy CPU s / GiB, 1 stream", 2, |s| s.bulk1_cpu_per_gib);
+        self.row(w, "new mTLS connections/s (1 req each)", 0, |s| {
+            s.conns_per_sec
+        });
+        self.row(w, "new connection + request p99 (µs)", 0, |s| {
+            s.conn_p99_us
+        });
+        self.row(w, "proxy CPU s / 1k new connections", 3, |s| {
+            s.conn_cpu_per_1k
+        });
+        self.row(w, "RSS idle, largest proxy process (MiB)", 1, |s| {
+            s.rss_idle_max()
+        });
+        self.row(
+            w,
+            &format!(
+                "RSS with {} idle conns, both proxies (MiB)",
+                self.idle_target
+            ),
+            1,
+            |s| (!s.rss_conns.is_empty()).then(|| s.rss_conns.iter().sum::<u64>() as f64 / MIB),
+        );
+        self.row(w, "bytes per idle connection, both proxies", 0, |s| {
+            s.bytes_per_conn()
+        });
+        let aes = median(vec![
+            self.ceilings_before.aes_gcm,
+            self.ceilings_after.aes_gcm,
+        ]);
+        let hs = median(vec![
+            self.ceilings_before.handshakes_per_sec(crate::sys::nproc()),
+            self.ceilings_after.handshakes_per_sec(crate::sys::nproc()),
+        ]);
+        self.row(
+            w,
+            "bulk 1 stream / AES-128-GCM 1-core ceiling (%)",
+            1,
+            |s| s.bulk1.zip(aes).map(|(b, a)| 100.0 * b / a),
+        );
+        self.row(w, "new conns/s / ECDSA handshake ceiling (%)", 1, |s| {
+            s.conns_per_sec.zip(hs).map(|(c, h)| 100.0 * c / h)
+        });
+        let _ = writeln!(
+            w,
+            "\nCeilings (`openssl speed`, one core, before / after the run): AES-128-GCM 16 KiB {} / {} MiB/s; ECDSA P-256 sign {} / {} per s, verify {} / {} per s; hence at most {} full mTLS handshakes/s on {} cores (2 signs + 4 verifies each, key exchange not counted).\n",
+            fmt(Some(self.ceilings_before.aes_gcm / MIB), 0),
+            fmt(Some(self.ceilings_after.aes_gcm / MIB), 0),
+            fmt(Some(self.ceilings_before.ecdsa_sign), 0),
+            fmt(Some(self.ceilings_after.ecdsa_sign), 0),
+            fmt(Some(self.ceilings_before.ecdsa_verify), 0),
+            fmt(Some(self.ceilings_after.ecdsa_verify), 0),
+            fmt(hs, 0),
+            crate::sys::nproc(),
+        );
+    }
+
+    fn targets(&self, w: &mut String) {
+        let moderate = self.rates.first().copied().unwrap_or(1000);
+        let busiest = self.rates.last().copied().unwrap_or(moderate);
+        let lat = |rate: u32| move |s: &Sample| s.latency.get(&rate).map(|l| l.p99_us);
+        let cpu = |s: &Sample| s.latency.get(&busiest).and_then(|l| l.cpu_per_100k);
+        let aes = median(vec![
+            self.ceilings_before.aes_gcm,
+            self.ceilings_after.aes_gcm,
+        ]);
+        let mut rows: Vec<(String, String, Option<bool>)> = Vec::new();
+        let r = ratio(
+            self.added(Kind::Warden, lat(moderate)),
+            self.added(Kind::Envoy, lat(moderate)),
+        );
+        rows.push((
+            format!("added p99 @ {moderate} rps <= 0.5 x Envoy"),
+            format!("{} x", fmt(r, 2)),
+            r.map(|r| r <= 0.5),
+        ));
+        let r = ratio(
+            self.med(Kind::Warden, |s| s.bulk1),
+            self.med(Kind::Envoy, |s| s.bulk1),
+        );
+        rows.push((
+            "bulk 1 stream >= 1.3 x Envoy".into(),
+            format!("{} x", fmt(r, 2)),
+            r.map(|r| r >= 1.3),
+        ));
+        let f = self
+            .med(Kind::Warden, |s| s.bulk1)
+            .zip(aes)
+            .map(|(b, a)| b / a);
+        rows.push((
+            "bulk 1 stream >= 40 % of AES-GCM ceiling".into(),
+            format!("{} %", fmt(f.map(|f| f * 100.0), 1)),
+            f.map(|f| f >= 0.4),
+        ));
+        let r = ratio(
+            self.med(Kind::Warden, |s| s.conns_per_sec),
+            self.med(Kind::Envoy, |s| s.conns_per_sec),
+        );
+        rows.push((
+            "new connections/s >= 1.5 x Envoy".into(),
+            format!("{} x", fmt(r, 2)),
+            r.map(|r| r >= 1.5),
+        ));
+        let m = self.med(Kind::Warden, Sample::rss_idle_max);
+        rows.push((
+            "idle RSS < 15 MiB (per sidecar)".into(),
+            format!("{} MiB", fmt(m, 1)),
+            m.map(|m| m < 15.0),
+        ));
+        let r = ratio(
+            self.med(Kind::Warden, Sample::bytes_per_conn),
+            self.med(Kind::Envoy, Sample::bytes_per_conn),
+        );
+        rows.push((
+            "memory per idle connection <= 0.5 x Envoy".into(),
+            format!("{} x", fmt(r, 2)),
+            r.map(|r| r <= 0.5),
+        ));
+        let r = ratio(self.med(Kind::Warden, cpu), self.med(Kind::Envoy, cpu));
+        rows.push((
+            format!("CPU per request @ {busiest} rps <= 0.5 x Envoy"),
+            format!("{} x", fmt(r, 2)),
+            r.map(|r| r <= 0.5),
+        ));
+        let _ = writeln!(w, "| target | this run | met |\n| --- | ---: | --- |");
+        for (name, value, met) in rows {
+            let met = match met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            };
+            let _ = writeln!(w, "| {name} | {value} | {met} |");
+        }
+    }
+
+    fn raw(&self, w: &mut String) {
+        let _ = writeln!(
+            w,
+            "\n<details><summary>Per-round values</summary>\n\n| round | topology | load avg | p50/p99/p99.9 µs per rate | bulk 1 / 8 MiB/s | conns/s | RSS idle MiB | RSS +conns MiB | alive | threads | error |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        let mut all: Vec<(&str, &Sample)> = self
+            .samples
+            .iter()
+            .flat_map(|(k, v)| v.iter().map(move |s| (*k, s)))
+            .collect();
+        all.sort_by_key(|(k, s)| (s.round, *k));
+        for (k, s) in all {
+            let lat: Vec<String> = s
+                .latency
+                .iter()
+                .map(|(r, l)| {
+                    format!(
+                        "{r}: {:.0}/{:.0}/{:.0}{}",
+                        l.p50_us,
+                        l.p99_us,
+                        l.p999_us,
+                        if l.lost > 0 {
+                            format!(" ({} lost)", l.lost)
+                        } else {
+                            String::new()
+                        }
+                    )
+                })
+                .collect();
+            let mib = |v: &[u64]| {
+                v.iter()
+                    .map(|b| format!("{:.1}", *b as f64 / MIB))
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {k} | {} | {} | {} / {} | {} | {} | {} | {}/{} | {} | {} |",
+                s.round + 1,
+                s.loadavg,
+                lat.join("; "),
+                fmt(s.bulk1.map(|b| b / MIB), 0),
+                fmt(s.bulk8.map(|b| b / MIB), 0),
+                fmt(s.conns_per_sec, 0),
+                mib(&s.rss_idle),
+                mib(&s.rss_conns),
+                s.idle_alive,
+                s.idle_conns,
+                s.threads
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" + "),
+                s.error.as_deref().unwrap_or(""),
+            );
+        }
+        let _ = writeln!(w, "\n</details>");
+    }
+}
+
+/// Replaces the text between `<!-- BEGIN name -->` and `<!-- END name -->` in `path`
+/// (appending the section if the markers are missing), leaving the rest of the file alone.
+pub fn write_section(path: &std::path::Path, name: &str, body: &str) -> std::io::Result<()> {
+    let begin =
+        format!("<!-- BEGIN {name} (generated by the benchmark; edits are overwritten) -->");
+    let end = format!("<!-- END {name} -->");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let section = format!("{begin}\n{body}\n{end}");
+    let new = match (text.find(&begin), text.find(&end)) {
+        (Some(b), Some(e)) if e > b => {
+            format!("{}{section}{}", &text[..b], &text[e + end.len()..])
+        }
+        _ => format!("{}\n{section}\n", text.trim_end()),
+    };
+    std::fs::write(path, new)
+}

@@ -1,0 +1,402 @@
+//! `warden demo`: the whole idea on one machine. A control plane with the built-in CA, four
+//! RAG services (app -> retriever -> vectordb -> llm) each behind its own sidecar that gets
+//! its SVID over the Workload API and its policy from the control plane; then a question
+//! travels the chain, attacks are refused, and a live revocation bites.
+
+mod http;
+mod metrics;
+mod services;
+mod steps;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use warden_control::ControlPlaneConfig;
+use warden_control::server::ControlPlane;
+use warden_identity::{FilesSource, IdentityStore, SpiffeId, WorkloadApiSource};
+use warden_proto::control::v1 as pb;
+use warden_proto::control::v1::policy_service_client::PolicyServiceClient;
+use warden_sidecar::{Sidecar, SidecarConfig};
+
+pub const TRUST_DOMAIN: &str = "rag.example";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run the scripted tour once and exit: 0 only if every step behaved as expected.
+    #[arg(long)]
+    once: bool,
+}
+
+pub fn id(name: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/rag/sa/{name}")
+}
+
+/// Everything the demo started; dropped (and the temporary directory removed) at the end.
+pub struct Demo {
+    pub dir: tempfile::TempDir,
+    pub cp: ControlPlane,
+    pub admin: PolicyServiceClient<tonic::transport::Channel>,
+    pub app: Service,
+    pub retriever: Service,
+    pub vectordb: Service,
+    pub llm: Service,
+}
+
+/// One workload: its local service and its sidecar.
+pub struct Service {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub sidecar: Sidecar,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.sidecar.admin_addr())
+    }
+}
+
+/// Each sidecar's audit log (one JSON record per decision), kept out of the terminal.
+pub fn audit_log(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}-audit.jsonl"))
+}
+
+fn socket(dir: &Path, name: &str) -> PathBuf {
+    dir.join("agents").join(format!("{name}.sock"))
+}
+
+fn control_plane_config(dir: &Path) -> anyhow::Result<ControlPlaneConfig> {
+    let mut text = format!(
+        "trust_domain = \"{TRUST_DOMAIN}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nadmins = [\"spiffe://{TRUST_DOMAIN}/warden/admin\"]\n[ca]\nsvid_ttl = \"1h\"\n",
+        dir.join("control-plane").display()
+    );
+    for name in ["app", "retriever", "vectordb", "llm"] {
+        text.push_str(&format!(
+            "[[workload_api]]\nsocket = \"{}\"\nspiffe_id = \"{}\"\n",
+            socket(dir, name).display(),
+            id(name)
+        ));
+    }
+    ControlPlaneConfig::from_toml("demo control plane", &text).map_err(|e| anyhow!("{e}"))
+}
+
+/// A sidecar for `name`: inbound `http` forwarding to `forward` (if any), one outbound per
+/// `(listener, upstream name, upstream inbound address)`.
+async fn start_sidecar(
+    dir: &Path,
+    cp: SocketAddr,
+    name: &str,
+    forward: Option<SocketAddr>,
+    outbound: &[(&str, &str, SocketAddr)],
+) -> anyhow::Result<Sidecar> {
+    let endpoint = format!("unix://{}", socket(dir, name).display());
+    let mut text = format!(
+        "trust_domain = \"{TRUST_DOMAIN}\"\n[identity]\nsource = \"workload-api\"\nendpoint = \"{endpoint}\"\n\
+         [policy]\ncontrol_plane = \"https://{cp}\"\ncache = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [audit]\npath = \"{}\"\n",
+        dir.join(format!("{name}-policy.json")).display(),
+        audit_log(dir, name).display()
+    );
+    if let Some(forward) = forward {
+        text.push_str(&format!(
+            "[[inbound]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n"
+        ));
+    }
+    for (listener, upstream, addr) in outbound {
+        text.push_str(&format!(
+            "[[outbound]]\nname = \"{listener}\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{addr}\"\nserver_id = \"{}\"\n",
+            id(upstream)
+        ));
+    }
+    let config =
+        SidecarConfig::from_toml(&format!("{name} sidecar"), &text).map_err(|e| anyhow!("{e}"))?;
+    let source = Box::new(WorkloadApiSource {
+        endpoint: Some(endpoint),
+        spiffe_id: None,
+    });
+    Sidecar::start(&config, source)
+        .await
+        .with_context(|| format!("starting the {name} sidecar"))
+}
+
+fn policy(name: &str, inbound: &[&str], outbound: &[(&str, &str)]) -> pb::WorkloadPolicy {
+    let mut p = pb::WorkloadPolicy {
+        spiffe_id: id(name),
+        ..Default::default()
+    };
+    if !inbound.is_empty() {
+        p.inbound.insert(
+            "http".into(),
+            pb::PatternList {
+                patterns: inbound.iter().map(|n| id(n)).collect(),
+            },
+        );
+    }
+    for (listener, upstream) in outbound {
+        p.outbound.insert(
+            (*listener).into(),
+            pb::PatternList {
+                patterns: vec![id(upstream)],
+            },
+        );
+    }
+    p
+}
+
+/// The chain policy of one workload.
+pub fn policy_for(all: &[pb::WorkloadPolicy], name: &str) -> pb::WorkloadPolicy {
+    all.iter()
+        .find(|p| p.spiffe_id == id(name))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The intended call graph: each hop allowed only from its predecessor.
+pub fn chain_policies() -> Vec<pb::WorkloadPolicy> {
+    vec![
+        policy("app", &[], &[("retriever", "retriever")]),
+        policy("retriever", &["app"], &[("vectordb", "vectordb")]),
+        policy("vectordb", &["retriever"], &[("llm", "llm")]),
+        policy("llm", &["vectordb"], &[]),
+    ]
+}
+
+pub async fn put_policy(
+    admin: &mut PolicyServiceClient<tonic::transport::Channel>,
+    p: pb::WorkloadPolicy,
+) -> anyhow::Result<u64> {
+    let resp = admin
+        .put_policy(pb::PutPolicyRequest {
+            policy: Some(p),
+            expected_version: None,
+        })
+        .await
+        .map_err(|s| anyhow!("put policy: {}", s.message()))?;
+    Ok(resp.into_inner().policy.map(|p| p.version).unwrap_or(0))
+}
+
+/// Waits until `cond` holds, up to `within`.
+pub async fn wait_for(
+    what: &str,
+    within: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!("timed out waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+impl Demo {
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("warden-demo-")
+            .tempdir()
+            .context("temporary directory")?;
+        let config = control_plane_config(dir.path())?;
+        let cp = ControlPlane::start(&config)
+            .await
+            .context("starting the control plane")?;
+        let cp_addr = cp.addr();
+
+        // Start from the end of the chain, so each sidecar knows its upstream's address.
+        let (llm_addr, llm_task) = services::llm().await?;
+        let llm_sc = start_sidecar(dir.path(), cp_addr, "llm", Some(llm_addr), &[]).await?;
+        let llm_in = llm_sc.inbound_addr("http").context("llm inbound")?;
+
+        let (vdb_addr, vdb_task, vdb_sc) = service_with_sidecar(
+            dir.path(),
+            cp_addr,
+            "vectordb",
+            &[("llm", "llm", llm_in)],
+            |out| services::vectordb(out[0]),
+        )
+        .await?;
+        let vdb_in = vdb_sc.inbound_addr("http").context("vectordb inbound")?;
+        let (ret_addr, ret_task, ret_sc) = service_with_sidecar(
+            dir.path(),
+            cp_addr,
+            "retriever",
+            &[("vectordb", "vectordb", vdb_in)],
+            |out| services::retriever(out[0]),
+        )
+        .await?;
+        let ret_in = ret_sc.inbound_addr("http").context("retriever inbound")?;
+        // app calls out only; its sidecar also has listeners towards vectordb and llm, which
+        // policy does not allow: that is where lateral movement is tried and refused.
+        let app_sc = start_sidecar(
+            dir.path(),
+            cp_addr,
+            "app",
+            None,
+            &[
+                ("retriever", "retriever", ret_in),
+                ("vectordb", "vectordb", vdb_in),
+                ("llm", "llm", llm_in),
+            ],
+        )
+        .await?;
+        let (app_addr, app_task) =
+            services::app(app_sc.outbound_addr("retriever").context("app outbound")?).await?;
+
+        let admin_dir = config.data_dir.join("admin");
+        let admin = admin_client(&admin_dir, cp_addr).await?;
+        let mut demo = Demo {
+            dir,
+            cp,
+            admin,
+            app: Service {
+                name: "app",
+                addr: app_addr,
+                sidecar: app_sc,
+                _task: app_task,
+            },
+            retriever: Service {
+                name: "retriever",
+                addr: ret_addr,
+                sidecar: ret_sc,
+                _task: ret_task,
+            },
+            vectordb: Service {
+                name: "vectordb",
+                addr: vdb_addr,
+                sidecar: vdb_sc,
+                _task: vdb_task,
+            },
+            llm: Service {
+                name: "llm",
+                addr: llm_addr,
+                sidecar: llm_sc,
+                _task: llm_task,
+            },
+        };
+        for p in chain_policies() {
+            put_policy(&mut demo.admin, p).await?;
+        }
+        for s in demo.services() {
+            wait_for(
+                &format!("{} sidecar ready", s.name),
+                Duration::from_secs(20),
+                || s.sidecar.is_ready() && s.sidecar.policy().has_policy(),
+            )
+            .await?;
+        }
+        Ok(demo)
+    }
+
+    pub fn services(&self) -> [&Service; 4] {
+        [&self.app, &self.retriever, &self.vectordb, &self.llm]
+    }
+
+    pub fn admin_dir(&self) -> PathBuf {
+        self.dir.path().join("control-plane").join("admin")
+    }
+
+    pub async fn shutdown(self) {
+        for s in [self.app, self.retriever, self.vectordb, self.llm] {
+            s.sidecar.shutdown(Duration::from_secs(1)).await;
+        }
+        self.cp.shutdown().await;
+    }
+}
+
+/// Starts a service and its sidecar, wiring the service to the sidecar's outbound
+/// listeners and the sidecar's inbound to the service.
+async fn service_with_sidecar<F, Fut>(
+    dir: &Path,
+    cp: SocketAddr,
+    name: &str,
+    outbound: &[(&str, &str, SocketAddr)],
+    make: F,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>, Sidecar)>
+where
+    F: FnOnce(Vec<SocketAddr>) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)>>,
+{
+    // The service must know the sidecar's outbound ports and the sidecar the service's
+    // port; reserve the outbound ports first (bind-and-release on loopback), then start the
+    // service, then the sidecar on exactly those ports.
+    let mut reserved = Vec::new();
+    for _ in outbound {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").context("reserve a port")?;
+        reserved.push(l.local_addr().context("port")?);
+    }
+    let (addr, task) = make(reserved.clone()).await?;
+    let endpoint = format!("unix://{}", socket(dir, name).display());
+    let mut text = format!(
+        "trust_domain = \"{TRUST_DOMAIN}\"\n[identity]\nsource = \"workload-api\"\nendpoint = \"{endpoint}\"\n\
+         [policy]\ncontrol_plane = \"https://{cp}\"\ncache = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [audit]\npath = \"{}\"\n[[inbound]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nforward = \"{addr}\"\n",
+        dir.join(format!("{name}-policy.json")).display(),
+        audit_log(dir, name).display()
+    );
+    for ((listener, upstream, up_addr), local) in outbound.iter().zip(&reserved) {
+        text.push_str(&format!(
+            "[[outbound]]\nname = \"{listener}\"\nlisten = \"{local}\"\nconnect = \"{up_addr}\"\nserver_id = \"{}\"\n",
+            id(upstream)
+        ));
+    }
+    let config =
+        SidecarConfig::from_toml(&format!("{name} sidecar"), &text).map_err(|e| anyhow!("{e}"))?;
+    let source = Box::new(WorkloadApiSource {
+        endpoint: Some(endpoint),
+        spiffe_id: None,
+    });
+    let sidecar = Sidecar::start(&config, source)
+        .await
+        .with_context(|| format!("starting the {name} sidecar"))?;
+    Ok((addr, task, sidecar))
+}
+
+async fn admin_client(
+    dir: &Path,
+    cp: SocketAddr,
+) -> anyhow::Result<PolicyServiceClient<tonic::transport::Channel>> {
+    let files = FilesSource::new(dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
+    let store = IdentityStore::new();
+    store.set(Arc::new(
+        files.load().map_err(|e| anyhow!("admin credential: {e}"))?,
+    ));
+    let cp_id = SpiffeId::parse(&format!("spiffe://{TRUST_DOMAIN}/warden/control-plane"))
+        .map_err(|e| anyhow!("{e}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match warden_sidecar::control::client::connect(
+            &format!("https://{cp}"),
+            &store,
+            &cp_id,
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(channel) => return Ok(PolicyServiceClient::new(channel)),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(anyhow!("{e}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    println!("Starting the Warden demo: a control plane with its built-in CA and four services,");
+    println!("each behind its own sidecar, all on 127.0.0.1 ...\n");
+    let mut demo = Demo::start().await?;
+    println!("Temporary files: {}\n", demo.dir.path().display());
+    let report = steps::tour(&mut demo).await;
+    if args.once {
+        demo.shutdown().await;
+        return report.verdict();
+    }
+    steps::where_next(&demo);
+    println!("\nThe demo keeps running; press Ctrl-C to stop.");
+    crate::shutdown_signal().await;
+    println!("\nStopping: sidecars drain, the control plane stops, temporary files are removed.");
+    demo.shutdown().await;
+    report.verdict()
+}

@@ -1,0 +1,347 @@
+//! The scripted tour: what a newcomer sees. Every step says what it tries, what should
+//! happen, and what the sidecars' live metrics recorded; the report decides the exit code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warden_identity::{IdentityStore, SpiffeId, TrustDomain};
+
+use super::http;
+use super::metrics::{allowed_peers, denials, handshake_failures};
+use super::{Demo, chain_policies, id, put_policy, wait_for};
+
+/// Outcome of every step.
+#[derive(Default)]
+pub struct Report {
+    failed: Vec<String>,
+    passed: usize,
+}
+
+impl Report {
+    fn check(&mut self, step: &str, ok: bool, detail: impl AsRef<str>) {
+        if ok {
+            self.passed += 1;
+            println!("  [ok] {step}: {}", detail.as_ref());
+        } else {
+            self.failed.push(step.to_owned());
+            println!("  [FAILED] {step}: {}", detail.as_ref());
+        }
+    }
+
+    pub fn verdict(&self) -> anyhow::Result<()> {
+        if self.failed.is_empty() {
+            println!("\nAll {} checks behaved as expected.", self.passed);
+            Ok(())
+        } else {
+            Err(anyhow!(
+                "{} demo step(s) misbehaved: {}",
+                self.failed.len(),
+                self.failed.join("; ")
+            ))
+        }
+    }
+}
+
+const QUESTION: &str = "how does zero trust stop lateral movement";
+
+async fn ask(demo: &Demo) -> Result<String, String> {
+    match http::get(demo.app.addr, &format!("/ask?q={}", http::encode(QUESTION))).await {
+        Ok((200, body)) => Ok(body),
+        Ok((status, body)) => Err(format!(
+            "HTTP {status}: {}",
+            body.lines().next().unwrap_or_default()
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn tour(demo: &mut Demo) -> Report {
+    let mut r = Report::default();
+    let td = super::TRUST_DOMAIN;
+    println!(
+        "Trust domain {td}; every hop is mutual TLS 1.3 between SPIFFE identities, default deny.\n"
+    );
+
+    println!("1. A question travels app -> retriever -> vectordb -> llm and back");
+    match ask(demo).await {
+        Ok(answer) => {
+            for line in answer.lines() {
+                println!("     {line}");
+            }
+            r.check("answer", answer.starts_with("Q: "), "the chain answered");
+        }
+        Err(e) => r.check("answer", false, e),
+    }
+    for (hop, peer) in [
+        (&demo.retriever, "app"),
+        (&demo.vectordb, "retriever"),
+        (&demo.llm, "vectordb"),
+    ] {
+        let peers = allowed_peers(&hop.sidecar, "inbound");
+        r.check(
+            &format!("{} inbound identity", hop.name),
+            peers == [id(peer)],
+            format!("{}'s sidecar admitted {}", hop.name, peers.join(", ")),
+        );
+    }
+
+    println!("\n2. Lateral movement is stopped");
+    for target in ["vectordb", "llm"] {
+        let before = denials(&demo.app.sidecar, "outbound");
+        let Some(out) = demo.app.sidecar.outbound_addr(target) else {
+            r.check("egress", false, format!("app has no {target} listener"));
+            continue;
+        };
+        let res = http::get(out, "/search?q=secrets").await;
+        let denied = denials(&demo.app.sidecar, "outbound") > before;
+        r.check(
+            &format!("egress app -> {target}"),
+            res.is_err() && denied,
+            format!(
+                "app's own sidecar refused the call ({})",
+                res.err().unwrap_or_else(|| "answered!".into())
+            ),
+        );
+    }
+    let vdb_in = demo.vectordb.sidecar.inbound_addr("http");
+    if let Some(addr) = vdb_in {
+        let before = denials(&demo.vectordb.sidecar, "inbound");
+        let res = mtls_get(
+            addr,
+            demo.app.sidecar.identity().clone(),
+            &id("vectordb"),
+            false,
+        )
+        .await;
+        r.check(
+            "ingress with app's SVID",
+            res.is_err() && denials(&demo.vectordb.sidecar, "inbound") > before,
+            format!(
+                "a direct mTLS call to vectordb presenting {} was closed after authorization",
+                id("app")
+            ),
+        );
+
+        let before = handshake_failures(&demo.vectordb.sidecar, "untrusted");
+        let outcome = match foreign_identity(demo) {
+            Ok(store) => mtls_get(addr, store, &id("vectordb"), true).await,
+            Err(e) => Ok(format!("could not build the foreign identity: {e}")),
+        };
+        r.check(
+            "another trust domain",
+            outcome.is_err() && handshake_failures(&demo.vectordb.sidecar, "untrusted") > before,
+            "spiffe://evil.example/ns/rag/sa/retriever failed the handshake (untrusted)",
+        );
+
+        let before = handshake_failures(&demo.vectordb.sidecar, "protocol");
+        let plain = plaintext_probe(addr).await;
+        r.check(
+            "plaintext",
+            !plain && handshake_failures(&demo.vectordb.sidecar, "protocol") > before,
+            "an HTTP request in cleartext to vectordb's inbound port was dropped",
+        );
+    } else {
+        r.check("ingress", false, "vectordb has no inbound listener");
+    }
+
+    println!("\n3. Live revocation through the control plane");
+    let mut revoked = super::policy_for(&chain_policies(), "vectordb");
+    revoked.inbound.clear();
+    match put_policy(&mut demo.admin, revoked).await {
+        Ok(version) => {
+            let applied = wait_for(
+                "vectordb applies the revocation",
+                Duration::from_secs(5),
+                || demo.vectordb.sidecar.policy().version() >= version,
+            )
+            .await;
+            let res = ask(demo).await;
+            r.check(
+                "revoke retriever -> vectordb",
+                applied.is_ok() && res.is_err(),
+                format!(
+                    "policy v{version}: the next question fails ({})",
+                    res.err().unwrap_or_else(|| "answered!".into())
+                ),
+            );
+        }
+        Err(e) => r.check("revoke", false, e.to_string()),
+    }
+    match put_policy(
+        &mut demo.admin,
+        super::policy_for(&chain_policies(), "vectordb"),
+    )
+    .await
+    {
+        Ok(version) => {
+            let applied = wait_for(
+                "vectordb applies the restore",
+                Duration::from_secs(5),
+                || demo.vectordb.sidecar.policy().version() >= version,
+            )
+            .await;
+            let res = ask(demo).await;
+            r.check(
+                "restore",
+                applied.is_ok() && res.is_ok(),
+                format!("policy v{version}: answers flow again"),
+            );
+        }
+        Err(e) => r.check("restore", false, e.to_string()),
+    }
+    r
+}
+
+pub fn where_next(demo: &Demo) {
+    println!("\nWhere to look next:");
+    for s in demo.services() {
+        println!(
+            "  {:<10} sidecar admin  {}/metrics  /readyz  /debug/policy  /debug/connections",
+            s.name,
+            s.admin_url()
+        );
+        println!(
+            "  {:<10} audit log      {}",
+            "",
+            super::audit_log(demo.dir.path(), s.name).display()
+        );
+    }
+    let admins: Vec<String> = demo
+        .services()
+        .iter()
+        .map(|s| format!("--admin {}", s.admin_url()))
+        .collect();
+    println!("\n  warden top {}", admins.join(" "));
+    println!(
+        "  warden policy --control-plane https://{} --identity-dir {} list",
+        demo.cp.addr(),
+        demo.admin_dir().display()
+    );
+    println!(
+        "  warden policy --control-plane https://{} --identity-dir {} history {}",
+        demo.cp.addr(),
+        demo.admin_dir().display(),
+        id("vectordb")
+    );
+}
+
+/// An identity from a CA nobody here trusts: what an attacker from outside would hold.
+fn foreign_identity(demo: &Demo) -> anyhow::Result<Arc<IdentityStore>> {
+    let td = TrustDomain::new("evil.example").map_err(|e| anyhow!("{e}"))?;
+    let ca = warden_control::ca::BuiltinCa::load_or_create(&demo.dir.path().join("evil-ca"), &td)?;
+    let me =
+        SpiffeId::parse("spiffe://evil.example/ns/rag/sa/retriever").map_err(|e| anyhow!("{e}"))?;
+    let store = IdentityStore::new();
+    store.set(Arc::new(ca.identity_for(&me, Duration::from_secs(600))?));
+    Ok(store)
+}
+
+/// GET through mTLS presenting `identity`; `Ok` only if an HTTP answer came back.
+async fn mtls_get(
+    addr: std::net::SocketAddr,
+    identity: Arc<IdentityStore>,
+    server: &str,
+    any_server: bool,
+) -> Result<String, String> {
+    let server_id = SpiffeId::parse(server).map_err(|e| e.to_string())?;
+    let config = if any_server {
+        let mut c = (*warden_sidecar::tls::client_config(&identity, &server_id)
+            .map_err(|e| e.to_string())?)
+        .clone();
+        c.dangerous().set_certificate_verifier(Arc::new(AnyServer));
+        Arc::new(c)
+    } else {
+        warden_sidecar::tls::client_config(&identity, &server_id).map_err(|e| e.to_string())?
+    };
+    let work = async {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let name = ServerName::try_from("vectordb.invalid").map_err(|e| e.to_string())?;
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake failed: {e}"))?;
+        tls.write_all(b"GET /search?q=secrets HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        if out.starts_with(b"HTTP/") {
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        } else {
+            Err("closed without an answer".into())
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+/// True if a cleartext HTTP request got an HTTP answer.
+async fn plaintext_probe(addr: std::net::SocketAddr) -> bool {
+    let work = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /search?q=secrets HTTP/1.1\r\nhost: vectordb\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        Some(out.starts_with(b"HTTP/"))
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// The attacker's verifier: it does not care who the server is.
+#[derive(Debug)]
+struct AnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &warden_identity::provider().signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &warden_identity::provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        warden_identity::provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

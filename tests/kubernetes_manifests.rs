@@ -1,0 +1,280 @@
+//! Every manifest under deploy/kubernetes is valid, offline: each document reads as its
+//! typed Kubernetes object (k8s-openapi, with a round trip that catches unknown fields),
+//! SPIRE's ClusterSPIFFEID and kustomization.yaml as strict hand-written structs; every
+//! kustomization lists only files that exist and every manifest is listed by one; every
+//! embedded Warden config parses with Warden's own parsers. For the RAG demo it also checks
+//! that the chain is what the docs say: each hop admits only its predecessor, ports agree
+//! between sidecar config, container and annotations, and each workload file is exactly
+//! what `warden inject` makes of it.
+
+mod k8s_typed;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use serde_yaml_ng::Value;
+use warden_control::ControlPlaneConfig;
+use warden_sidecar::SidecarConfig;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("reads dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(p);
+        }
+    }
+}
+
+struct Manifests {
+    /// Every object document, with the file it came from.
+    objects: Vec<(PathBuf, Value)>,
+}
+
+fn load() -> Manifests {
+    let mut files = Vec::new();
+    yaml_files(&deploy_dir(), &mut files);
+    assert!(!files.is_empty(), "no manifests found");
+    let mut listed = BTreeSet::new();
+    let mut objects = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("reads manifest");
+        let rel = file.strip_prefix(deploy_dir()).expect("inside deploy");
+        if file.file_name().is_some_and(|n| n == "kustomization.yaml") {
+            let k: k8s_typed::Kustomization =
+                serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
+            assert_eq!(k.api_version, "kustomize.config.k8s.io/v1beta1", "{rel:?}");
+            assert_eq!(k.kind, "Kustomization", "{rel:?}");
+            let dir = file.parent().expect("has a parent");
+            for r in &k.resources {
+                let target = dir.join(r);
+                assert!(
+                    target.is_file() || target.join("kustomization.yaml").is_file(),
+                    "{}: resource {r} is neither a file nor a kustomization directory",
+                    rel.display()
+                );
+                listed.insert(target.canonicalize().expect("resource exists"));
+            }
+            continue;
+        }
+        let docs = k8s_typed::documents(&text).unwrap_or_else(|e| panic!("{rel:?}: {e:#}"));
+        for (i, doc) in docs.into_iter().enumerate() {
+            k8s_typed::check_object(&doc)
+                .unwrap_or_else(|e| panic!("{}: document {}: {e:#}", rel.display(), i + 1));
+            objects.push((file.clone(), doc));
+        }
+        assert!(
+            listed.contains(&file.canonicalize().expect("exists")),
+            "{} is not listed in its kustomization.yaml",
+            rel.display()
+        );
+    }
+    Manifests { objects }
+}
+
+#[test]
+fn every_manifest_is_a_valid_typed_object_listed_by_a_kustomization() {
+    let m = load();
+    let kinds: BTreeSet<String> = m
+        .objects
+        .iter()
+        .map(|(_, d)| d["kind"].as_str().unwrap_or("").to_owned())
+        .collect();
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+        "ClusterSPIFFEID",
+        "Job",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} in deploy/kubernetes");
+    }
+}
+
+/// (namespace, name) -> data of every ConfigMap.
+fn config_maps(m: &Manifests) -> BTreeMap<(String, String), BTreeMap<String, String>> {
+    m.objects
+        .iter()
+        .filter(|(_, d)| d["kind"] == Value::from("ConfigMap"))
+        .map(|(_, d)| {
+            let key = (
+                d["metadata"]["namespace"].as_str().unwrap_or("").to_owned(),
+                d["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+            );
+            let data = serde_yaml_ng::from_value(d["data"].clone()).expect("string data");
+            (key, data)
+        })
+        .collect()
+}
+
+#[test]
+fn embedded_warden_configs_parse_with_wardens_own_parsers() -> anyhow::Result<()> {
+    let m = load();
+    let (mut sidecars, mut control_planes, mut policies) = (0, 0, 0);
+    for ((ns, name), data) in config_maps(&m) {
+        for (key, text) in data {
+            let file = format!("ConfigMap {ns}/{name} key {key}");
+            match key.as_str() {
+                "sidecar.toml" => {
+                    SidecarConfig::from_toml(&file, &text)?;
+                    sidecars += 1;
+                }
+                "control-plane.toml" => {
+                    ControlPlaneConfig::from_toml(&file, &text)?;
+                    control_planes += 1;
+                }
+                "policy.toml" => {
+                    warden_policy::parse_policy_file(&text).with_context(|| file.clone())?;
+                    policies += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!((sidecars, control_planes, policies), (4, 1, 1));
+    Ok(())
+}
+
+const CHAIN: [&str; 4] = ["app", "retriever", "vectordb", "llm"];
+
+fn id(sa: &str) -> String {
+    format!("spiffe://example.org/ns/rag/sa/{sa}")
+}
+
+#[test]
+fn the_rag_chain_admits_only_each_predecessor_and_its_ports_agree() -> anyhow::Result<()> {
+    let m = load();
+    let maps = config_maps(&m);
+    for (i, tier) in CHAIN.iter().enumerate() {
+        let deployment = m
+            .objects
+            .iter()
+            .map(|(_, d)| d)
+            .find(|d| {
+                d["kind"] == Value::from("Deployment")
+                    && d["metadata"]["namespace"] == Value::from("rag")
+                    && d["metadata"]["name"] == Value::from(*tier)
+            })
+            .with_context(|| format!("no Deployment rag/{tier}"))?;
+        let template = &deployment["spec"]["template"];
+        let annotations = &template["metadata"]["annotations"];
+        let spec = &template["spec"];
+        let sidecar = spec["initContainers"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == Value::from("warden"))
+            .with_context(|| format!("{tier}: no warden sidecar"))?;
+        let port = |name: &str| {
+            sidecar["ports"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == Value::from(name))
+                .and_then(|p| p["containerPort"].as_u64())
+        };
+        let config_map = spec["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == Value::from("warden-config"))
+            .and_then(|v| v["configMap"]["name"].as_str())
+            .with_context(|| format!("{tier}: no warden-config volume"))?;
+        let toml = maps
+            .get(&("rag".to_owned(), config_map.to_owned()))
+            .and_then(|d| d.get("sidecar.toml"))
+            .with_context(|| format!("{tier}: ConfigMap rag/{config_map} with sidecar.toml"))?;
+        let config = SidecarConfig::from_toml(config_map, toml)?;
+
+        assert_eq!(spec["serviceAccountName"], Value::from(*tier));
+        assert_eq!(
+            port("warden-admin"),
+            Some(u64::from(config.admin_listen.port()))
+        );
+        assert!(
+            config.admin_listen.ip().is_unspecified(),
+            "{tier}: the kubelet probes the pod IP"
+        );
+        assert_eq!(annotations["prometheus.io/scrape"], Value::from("true"));
+        assert_eq!(
+            annotations["prometheus.io/port"],
+            Value::from(config.admin_listen.port().to_string())
+        );
+        match i {
+            0 => {
+                assert!(config.inbound.is_empty(), "the app is the entry point");
+                assert_eq!(port("warden-inbound"), None);
+            }
+            _ => {
+                let [inbound] = config.inbound.as_slice() else {
+                    panic!("{tier}: expected exactly one inbound listener");
+                };
+                let allow: Vec<String> = inbound.allow.iter().map(|p| p.to_string()).collect();
+                assert_eq!(
+                    allow,
+                    [id(CHAIN[i - 1])],
+                    "{tier} admits only its predecessor"
+                );
+                assert_eq!(
+                    port("warden-inbound"),
+                    Some(u64::from(inbound.listen.port()))
+                );
+            }
+        }
+        let servers: Vec<String> = config
+            .outbound
+            .iter()
+            .map(|o| o.server_id.to_string())
+            .collect();
+        let expected: Vec<String> = CHAIN.get(i + 1).map(|next| id(next)).into_iter().collect();
+        assert_eq!(servers, expected, "{tier} calls only its successor");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_demo_workloads_are_exactly_what_warden_inject_makes() {
+    let dir = deploy_dir().join("examples/rag-demo");
+    for tier in CHAIN {
+        let path = dir.join(format!("{tier}.yaml"));
+        let text = std::fs::read(&path).expect("reads");
+        let image = k8s_typed::documents(&String::from_utf8_lossy(&text))
+            .expect("parses")
+            .iter()
+            .filter(|d| d["kind"] == Value::from("Deployment"))
+            .find_map(|d| {
+                d["spec"]["template"]["spec"]["initContainers"][0]["image"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .expect("a sidecar image");
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["inject", "--image", &image, "-f"])
+            .arg(&path)
+            .output()
+            .expect("runs warden inject");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == text,
+            "{tier}.yaml is not what `warden inject` produces; regenerate it"
+        );
+    }
+}
