@@ -163,7 +163,7 @@ fn every_injected_pod_has_the_sidecar_its_socket_and_its_config() {
                 let volumes = spec["volumes"].as_sequence().expect("volumes");
                 let csi = volumes
                     .iter()
-                    .find(|v| v["name"] == Value::from("warden-workload-api"))
+                    .find(|v| v["name"] == "warden-workload-api")
                     .expect("socket volume");
                 assert_eq!(csi["csi"]["driver"], Value::from("csi.spiffe.io"));
                 assert_eq!(csi["csi"]["readOnly"], Value::from(true));

@@ -46,12 +46,15 @@ fn load() -> Manifests {
     let mut files = Vec::new();
     yaml_files(&deploy_dir(), &mut files);
     assert!(!files.is_empty(), "no manifests found");
+    // Kustomizations first, so the listing check below sees every one of them.
+    let is_kustomization = |f: &PathBuf| f.file_name().is_some_and(|n| n == "kustomization.yaml");
+    files.sort_by_key(|f| !is_kustomization(f));
     let mut listed = BTreeSet::new();
     let mut objects = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("reads manifest");
         let rel = file.strip_prefix(deploy_dir()).expect("inside deploy");
-        if file.file_name().is_some_and(|n| n == "kustomization.yaml") {
+        if is_kustomization(file) {
             let k: k8s_typed::Kustomization =
                 serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
             assert_eq!(k.api_version, "kustomize.config.k8s.io/v1beta1", "{rel:?}");
@@ -109,7 +112,7 @@ fn every_manifest_is_a_valid_typed_object_listed_by_a_kustomization() {
 fn config_maps(m: &Manifests) -> BTreeMap<(String, String), BTreeMap<String, String>> {
     m.objects
         .iter()
-        .filter(|(_, d)| d["kind"] == Value::from("ConfigMap"))
+        .filter(|(_, d)| d["kind"] == "ConfigMap")
         .map(|(_, d)| {
             let key = (
                 d["metadata"]["namespace"].as_str().unwrap_or("").to_owned(),
@@ -165,9 +168,9 @@ fn the_rag_chain_admits_only_each_predecessor_and_its_ports_agree() -> anyhow::R
             .iter()
             .map(|(_, d)| d)
             .find(|d| {
-                d["kind"] == Value::from("Deployment")
-                    && d["metadata"]["namespace"] == Value::from("rag")
-                    && d["metadata"]["name"] == Value::from(*tier)
+                d["kind"] == "Deployment"
+                    && d["metadata"]["namespace"] == "rag"
+                    && d["metadata"]["name"] == *tier
             })
             .with_context(|| format!("no Deployment rag/{tier}"))?;
         let template = &deployment["spec"]["template"];
@@ -177,21 +180,21 @@ fn the_rag_chain_admits_only_each_predecessor_and_its_ports_agree() -> anyhow::R
             .as_sequence()
             .into_iter()
             .flatten()
-            .find(|c| c["name"] == Value::from("warden"))
+            .find(|c| c["name"] == "warden")
             .with_context(|| format!("{tier}: no warden sidecar"))?;
         let port = |name: &str| {
             sidecar["ports"]
                 .as_sequence()
                 .into_iter()
                 .flatten()
-                .find(|p| p["name"] == Value::from(name))
+                .find(|p| p["name"] == name)
                 .and_then(|p| p["containerPort"].as_u64())
         };
         let config_map = spec["volumes"]
             .as_sequence()
             .into_iter()
             .flatten()
-            .find(|v| v["name"] == Value::from("warden-config"))
+            .find(|v| v["name"] == "warden-config")
             .and_then(|v| v["configMap"]["name"].as_str())
             .with_context(|| format!("{tier}: no warden-config volume"))?;
         let toml = maps
@@ -255,7 +258,7 @@ fn the_demo_workloads_are_exactly_what_warden_inject_makes() {
         let image = k8s_typed::documents(&String::from_utf8_lossy(&text))
             .expect("parses")
             .iter()
-            .filter(|d| d["kind"] == Value::from("Deployment"))
+            .filter(|d| d["kind"] == "Deployment")
             .find_map(|d| {
                 d["spec"]["template"]["spec"]["initContainers"][0]["image"]
                     .as_str()

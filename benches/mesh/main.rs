@@ -138,7 +138,6 @@ fn main() {
             );
             let topology = match kind {
                 Kind::Direct => Ok(Topology {
-                    kind,
                     entry: app.addr,
                     procs: Vec::new(),
                 }),
@@ -235,14 +234,12 @@ fn main() {
     let run = Run {
         quick: opts.quick,
         rates: opts.rates.clone(),
-        conns: LATENCY_CONNS,
         samples,
         ceilings_before,
         ceilings_after,
         machine,
         notes,
         idle_target: idle,
-        group: KX_GROUP.into(),
     };
     let text = run.render();
     println!("{text}");
@@ -309,7 +306,6 @@ fn measure(
                 p50_us: us(0.5),
                 p99_us: us(0.99),
                 p999_us: us(0.999),
-                max_us: h.max() as f64 / 1_000.0,
                 achieved_rps: run.achieved_rps,
                 lost: run.sent.saturating_sub(run.received),
                 cpu_per_100k: proxied.then(|| (c1 - c0) / run.sent as f64 * 100_000.0),

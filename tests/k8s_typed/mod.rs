@@ -90,7 +90,7 @@ fn strict<T: DeserializeOwned>(doc: &Value) -> anyhow::Result<T> {
     serde_yaml_ng::from_value(doc.clone()).context("as the hand-written strict struct")
 }
 
-/// The first path where `a` and `b` differ, comparing numbers by value.
+/// The first path of `a` that `b` lacks or holds differently, comparing numbers by value.
 fn first_difference(a: &Value, b: &Value, path: String) -> Option<String> {
     match (a, b) {
         (Value::Mapping(x), Value::Mapping(y)) => {
@@ -105,9 +105,9 @@ fn first_difference(a: &Value, b: &Value, path: String) -> Option<String> {
                     None => return Some(key),
                 }
             }
-            y.keys()
-                .find(|k| !x.contains_key(*k))
-                .map(|k| format!("{path}.{} (added)", k.as_str().unwrap_or("?")))
+            // Keys only the typed side has are its serializer's doing (k8s-openapi writes
+            // apiVersion/kind on embedded objects such as volumeClaimTemplates): not a typo.
+            None
         }
         (Value::Sequence(x), Value::Sequence(y)) => {
             if x.len() != y.len() {

@@ -1,7 +1,8 @@
 //! The admin HTTP server: `/metrics` (OpenMetrics), `/healthz`, `/readyz`, and read-only
 //! JSON views `/debug/identity`, `/debug/policy`, `/debug/connections`. An optional second
-//! listener serves `/metrics` alone, so metrics can be scraped from outside the pod while
-//! the debug views stay on loopback (security invariant 6: loopback by default).
+//! listener serves `/metrics`, `/healthz` and `/readyz` only, so Prometheus and the kubelet
+//! (which reach the pod IP) are served while the debug views stay on loopback (security
+//! invariant 6: admin endpoints bind 127.0.0.1 by default).
 //!
 //! It must never change sidecar state (every route is a GET of a view), never show key
 //! material (identity shows the ID, expiry and trust domains only), and never let a client
@@ -86,8 +87,8 @@ fn route(shared: &Shared, scope: Scope, req: &Request<Incoming>) -> Response<Ful
             Ok(body) => with_type(StatusCode::OK, OPENMETRICS, body),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
         },
-        (Scope::Full, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (Scope::Full, "/readyz") => readyz(shared),
+        (_, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (_, "/readyz") => readyz(shared),
         (Scope::Full, "/debug/identity") => json_response(StatusCode::OK, &identity(shared)),
         (Scope::Full, "/debug/policy") => json_response(StatusCode::OK, &policy(shared)),
         (Scope::Full, "/debug/connections") => json_response(StatusCode::OK, &connections(shared)),

@@ -44,7 +44,8 @@ pub enum AuditError {
 pub struct Record {
     /// RFC 3339, filled in when the record is made (not when it is written).
     pub time: String,
-    /// `authz`, `handshake_failure`, `revoked`, `rotation`, `policy`, `audit_summary`.
+    /// `authz`, `handshake_failure`, `refused` (at a limit), `revoked`, `rotation`, `policy`,
+    /// `audit_summary`.
     pub event: &'static str,
     pub direction: Option<&'static str>,
     #[serde(serialize_with = "arc_str")]
@@ -84,6 +85,7 @@ impl Record {
     /// Records of an attacker's making, which the rate limit may summarize.
     fn suppressible(&self) -> bool {
         self.event == "handshake_failure"
+            || self.event == "refused"
             || (self.event == "authz" && self.decision == Some("deny"))
     }
 }

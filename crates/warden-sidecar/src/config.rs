@@ -103,6 +103,7 @@ struct RawLimits {
     connect_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_connections: Option<usize>,
+    max_pending_handshakes: Option<usize>,
 }
 
 /// Where the sidecar's SVID comes from.
@@ -149,6 +150,11 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Inbound connections allowed to be in their TLS handshake at once. A permit is held
+    /// only until the handshake ends, so a flood of idle or slow clients (slowloris) is
+    /// refused at accept (`warden_connections_closed_total{reason="limit"}`) instead of
+    /// holding sockets and handshake state up to `max_connections`.
+    pub max_pending_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -158,6 +164,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(3600),
             max_connections: 10_000,
+            max_pending_handshakes: 1024,
         }
     }
 }
@@ -428,6 +435,16 @@ impl Validator<'_> {
                 Some(0) => return Err(self.e("limits.max_connections", "must be at least 1")),
                 Some(n) => n,
                 None => d.max_connections,
+            },
+            max_pending_handshakes: match raw.limits.max_pending_handshakes {
+                Some(0) => {
+                    return Err(self.e(
+                        "limits.max_pending_handshakes",
+                        "must be at least 1 (connections over it are refused at accept)",
+                    ));
+                }
+                Some(n) => n,
+                None => d.max_pending_handshakes,
             },
         };
         Ok(SidecarConfig {

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use warden_identity::HandshakeFailure;
 use warden_identity::svid::spiffe_id_of;
@@ -25,7 +24,7 @@ pub(crate) async fn serve(
     listener: Arc<InboundListener>,
     tcp: TcpStream,
     peer_addr: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permits: crate::Permits,
 ) {
     const DIR: Direction = Direction::Inbound;
     let conn_id = shared.registry.next_id();
@@ -64,6 +63,13 @@ pub(crate) async fn serve(
                 return;
             }
         };
+    // The handshake is over: free its slot now, so `max_pending_handshakes` counts only
+    // connections still negotiating (the connection slot stays until the task ends).
+    let crate::Permits {
+        _connection,
+        handshake,
+    } = permits;
+    drop(handshake);
     // The verifier already validated this certificate; here we only read its ID back.
     let peer = match tls
         .get_ref()

@@ -60,7 +60,18 @@ pub(crate) struct Shared {
     pub registry: Arc<Registry>,
     pub telemetry: Telemetry,
     pub limits: Limits,
+    /// One per open connection (`limits.max_connections`).
     pub permits: Arc<Semaphore>,
+    /// One per inbound connection still in its TLS handshake
+    /// (`limits.max_pending_handshakes`).
+    pub handshakes: Arc<Semaphore>,
+}
+
+/// What an accepted connection holds: its connection slot for its whole life and, inbound,
+/// a handshake slot that `inbound::serve` drops as soon as the handshake has ended.
+pub(crate) struct Permits {
+    pub _connection: tokio::sync::OwnedSemaphorePermit,
+    pub handshake: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Shared {
@@ -159,6 +170,7 @@ impl Sidecar {
             ),
             limits: config.limits,
             permits: Arc::new(Semaphore::new(config.limits.max_connections)),
+            handshakes: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut listeners = JoinSet::new();
@@ -178,6 +190,7 @@ impl Sidecar {
                 stop_rx.clone(),
                 shared.clone(),
                 (warden_policy::Direction::Inbound, l.name.as_str().into()),
+                true,
                 move |stream, addr, permit| {
                     tokio::spawn(inbound::serve(
                         shared.clone(),
@@ -206,6 +219,9 @@ impl Sidecar {
                 stop_rx.clone(),
                 shared.clone(),
                 (warden_policy::Direction::Outbound, l.name.as_str().into()),
+                // Outbound handshakes are ours to start, after the app connected over
+                // loopback; `max_connections` bounds them.
+                false,
                 move |stream, addr, permit| {
                     tokio::spawn(outbound::serve(
                         shared.clone(),
@@ -317,16 +333,29 @@ impl Sidecar {
         self.shared.registry.snapshot()
     }
 
-    /// Stops accepting, lets open connections finish for up to `grace`, then closes the rest.
+    /// Stops accepting, lets open connections finish for up to `grace`, then closes the rest
+    /// (reason `drain`) and waits briefly for them to be counted.
     pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.stop.send(true);
+        // Joining the accept loops drops the listening sockets: new connections are refused
+        // by the kernel from here on.
         while self.listeners.join_next().await.is_some() {}
+        let all = self.shared.limits.max_connections;
+        // Every connection task holds a permit, also while still in its handshake (those are
+        // not in the registry yet), so "all permits back" means nothing is open.
+        let idle = |shared: &Shared| shared.permits.available_permits() >= all;
         let deadline = tokio::time::Instant::now() + grace;
         let mut poll = tokio::time::interval(Duration::from_millis(20));
-        while !self.shared.registry.is_empty() && tokio::time::Instant::now() < deadline {
+        while !idle(&self.shared) && tokio::time::Instant::now() < deadline {
             poll.tick().await;
         }
         self.shared.registry.close_all(CloseReason::Drain);
+        // Closing is prompt (the relay selects on the signal); a bounded wait lets each task
+        // record its `drain` close. Handshakes still running end at `handshake_timeout`.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while !self.shared.registry.is_empty() && tokio::time::Instant::now() < deadline {
+            poll.tick().await;
+        }
     }
 }
 
@@ -354,12 +383,16 @@ async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 /// Accepts until told to stop. Accept errors (out of file descriptors, most often) back off
 /// instead of spinning, and the loop recovers by itself once resources free up.
+///
+/// A connection over `limits.max_connections`, or (inbound, `handshake_limit`) over
+/// `limits.max_pending_handshakes`, is closed at once: it never costs a task or a handshake.
 async fn accept_loop(
     tcp: TcpListener,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
     (direction, listener): (warden_policy::Direction, Arc<str>),
-    serve: impl Fn(tokio::net::TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit),
+    handshake_limit: bool,
+    serve: impl Fn(tokio::net::TcpStream, SocketAddr, Permits),
 ) {
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -368,14 +401,22 @@ async fn accept_loop(
             accepted = tcp.accept() => match accepted {
                 Ok((stream, addr)) => {
                     backoff = Duration::from_millis(5);
-                    match shared.permits.clone().try_acquire_owned() {
-                        Ok(permit) => serve(stream, addr, permit),
-                        Err(_) => {
-                            tracing::warn!(%addr, limit = shared.limits.max_connections, "connection refused: limits.max_connections reached");
-                            shared.telemetry.refused_at_limit(direction, &listener);
-                            drop(stream);
+                    let Ok(connection) = shared.permits.clone().try_acquire_owned() else {
+                        refuse(&shared, direction, &listener, addr, "limits.max_connections");
+                        continue;
+                    };
+                    let handshake = if handshake_limit {
+                        match shared.handshakes.clone().try_acquire_owned() {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                refuse(&shared, direction, &listener, addr, "limits.max_pending_handshakes");
+                                continue;
+                            }
                         }
-                    }
+                    } else {
+                        None
+                    };
+                    serve(stream, addr, Permits { _connection: connection, handshake });
                 }
                 Err(e) => {
                     tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
@@ -385,6 +426,22 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Counts and audits a connection refused at a limit; the caller drops the socket.
+fn refuse(
+    shared: &Shared,
+    direction: warden_policy::Direction,
+    listener: &Arc<str>,
+    addr: SocketAddr,
+    limit: &'static str,
+) {
+    // Debug, not warn: under a flood this runs per connection, and the metric plus the
+    // rate-limited audit record already say it; a log line each would be a disk DoS.
+    tracing::debug!(%addr, limit, "connection refused at a limit");
+    shared
+        .telemetry
+        .refused_at_limit(direction, listener, addr, limit);
 }
 
 /// Moves identities from the source into the store, logging each rotation. Never logs key

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsConnector;
 use warden_identity::{HandshakeFailure, SpiffeId};
 use warden_policy::{Decision, Direction, Reason};
@@ -29,7 +28,7 @@ pub(crate) async fn serve(
     listener: Arc<OutboundListener>,
     app: TcpStream,
     app_addr: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    _permits: crate::Permits,
 ) {
     const DIR: Direction = Direction::Outbound;
     let conn_id = shared.registry.next_id();

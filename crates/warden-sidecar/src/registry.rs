@@ -83,6 +83,9 @@ pub struct ConnectionInfo {
 pub struct Registry {
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Entry>>,
+    /// Set by [`Registry::close_all`]: a connection that registers afterwards (its handshake
+    /// was still running at shutdown) is told to close at once instead of outliving it.
+    closing: Mutex<Option<CloseReason>>,
 }
 
 /// Removes the connection from the registry when dropped, whatever path the task takes.
@@ -120,7 +123,18 @@ impl Registry {
     ) -> Registration {
         let (tx, rx) = oneshot::channel();
         let stats = Arc::new(ConnStats::default());
-        self.lock().insert(
+        let mut open = self.lock();
+        // Checked under the map lock that `close_all` also takes, so no registration slips
+        // between its walk and the flag.
+        let closing = *self.closing.lock().unwrap_or_else(|p| p.into_inner());
+        let close = match closing {
+            Some(reason) => {
+                let _ = tx.send(reason);
+                None
+            }
+            None => Some(tx),
+        };
+        open.insert(
             id,
             Entry {
                 direction,
@@ -129,9 +143,10 @@ impl Registry {
                 peer_addr,
                 opened: Instant::now(),
                 stats: stats.clone(),
-                close: Some(tx),
+                close,
             },
         );
+        drop(open);
         Registration {
             registry: self.clone(),
             id,
@@ -163,8 +178,11 @@ impl Registry {
     }
 
     /// Asks every open connection to close with `reason` (shutdown after the grace period).
+    /// Connections registering from now on are closed at once with the same reason.
     pub fn close_all(&self, reason: CloseReason) {
-        for entry in self.lock().values_mut() {
+        let mut open = self.lock();
+        *self.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        for entry in open.values_mut() {
             if let Some(close) = entry.close.take() {
                 let _ = close.send(reason);
             }

@@ -200,13 +200,31 @@ impl Telemetry {
         }
     }
 
-    /// `limits.max_connections` refused a connection at accept.
-    pub fn refused_at_limit(&self, direction: Direction, listener: &Arc<str>) {
+    /// A connection was refused at accept by `limit` (`limits.max_connections` or
+    /// `limits.max_pending_handshakes`): counted as closed with reason `limit`, and audited
+    /// as a `refused` record (rate-limited like handshake failures: a flood makes summaries).
+    pub fn refused_at_limit(
+        &self,
+        direction: Direction,
+        listener: &Arc<str>,
+        peer_addr: SocketAddr,
+        limit: &'static str,
+    ) {
         self.inner.metrics.closed(
             direction.as_str(),
             listener.clone(),
             CloseReason::Limit.as_label(),
         );
+        self.inner.audit.emit(Record {
+            direction: Some(direction.as_str()),
+            listener: Some(listener.clone()),
+            peer_addr: Some(peer_addr),
+            decision: Some("deny"),
+            reason: Some(CloseReason::Limit.as_label().to_owned()),
+            policy_version: Some(self.inner.metrics.policy_version()),
+            detail: Some(format!("{limit} reached")),
+            ..Record::new("refused")
+        });
     }
 
     /// A new SVID was installed.

@@ -35,6 +35,7 @@ enum Command {
     /// Live table of peer-auth metrics of one or more sidecars (from their admin endpoints).
     Top(top::Args),
     /// Add the Warden sidecar to Kubernetes manifests (writes them to stdout).
+    #[command(long_about = inject::LONG_ABOUT)]
     Inject(inject::Args),
 }
 

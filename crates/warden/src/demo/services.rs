@@ -76,7 +76,7 @@ pub async fn vectordb(
                 )
             })
             .collect();
-        scored.sort_by(|a, b| b.0.cmp(&a.0));
+        scored.sort_by_key(|s| std::cmp::Reverse(s.0));
         let docs: Vec<&str> = scored.iter().take(2).map(|(_, d)| *d).collect();
         (200, format!("embedding={embedding}\n{}", docs.join("\n")))
     })

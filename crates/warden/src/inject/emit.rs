@@ -229,7 +229,7 @@ impl Emitter<'_> {
             return Ok(s.to_owned());
         }
         let plain_in_source = self.source.plain.contains(s);
-        if plain_in_source && yaml11_reads_as_non_string(s) {
+        if plain_in_source && yaml11_reads_as_non_string(s) && parser_reads_plain_as_string(s) {
             // It was written plain and the parser kept it as a string: writing it plain
             // again gives Kubernetes exactly what the original gave it.
             if self.source.quoted.contains(s) {
@@ -248,6 +248,12 @@ impl Emitter<'_> {
             other => self.inline(other),
         }
     }
+}
+
+/// Whether this parser turns the plain scalar `s` into the string `s` (as with `0644`,
+/// unlike `true` or `12`): only then can a string value have come from a plain scalar.
+fn parser_reads_plain_as_string(s: &str) -> bool {
+    matches!(serde_yaml_ng::from_str::<Value>(s), Ok(Value::String(p)) if p == s)
 }
 
 /// `|`, `|-` or `|+` for text that a literal block reproduces exactly; `None` otherwise.
@@ -419,6 +425,9 @@ mod tests {
         assert_eq!(out, "mode: 0644\n");
         let (out, _) = round_trip("mode: \"0644\"\n");
         assert_eq!(out, "mode: \"0644\"\n");
+        // A plain `true` elsewhere is a boolean, so it says nothing about the string "true".
+        let (out, _) = round_trip("a: true\nb: \"true\"\nc: \"12\"\nd: 12\n");
+        assert_eq!(out, "a: true\nb: \"true\"\nc: \"12\"\nd: 12\n");
         let text = "a: 0644\nb: \"0644\"\n";
         let value: Value = serde_yaml_ng::from_str(text).expect("parses");
         assert!(matches!(

@@ -19,7 +19,7 @@ use serde_yaml_ng::Value;
 
 pub use workload::WorkloadError;
 
-const LONG_ABOUT: &str = "\
+pub(crate) const LONG_ABOUT: &str = "\
 Adds the Warden sidecar to the workloads in Kubernetes manifests and writes them to stdout.
 
 Workloads: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job,
@@ -61,7 +61,6 @@ document and the line); a workload without containers; a container or volume nam
 Warden's that warden inject did not add; a port clash with the app's containers.";
 
 #[derive(Debug, clap::Args)]
-#[command(long_about = LONG_ABOUT)]
 pub struct Args {
     /// The manifest file to read, or `-` for stdin.
     #[arg(long, short = 'f', value_name = "FILE")]
