@@ -77,6 +77,7 @@ fn each_input_gives_its_golden_output_and_is_idempotent() {
         "list",
         "multi-document",
         "opt-out",
+        "upgrade",
     ] {
         assert!(names.contains(&required), "missing golden case {required}");
     }
@@ -167,9 +168,94 @@ fn every_injected_pod_has_the_sidecar_its_socket_and_its_config() {
                     .expect("socket volume");
                 assert_eq!(csi["csi"]["driver"], Value::from("csi.spiffe.io"));
                 assert_eq!(csi["csi"]["readOnly"], Value::from(true));
+                check_probes_and_scrape_use_the_metrics_port(&name, &doc, spec, sidecar);
             }
         }
     }
+}
+
+/// The pod exposes the sidecar's metrics-only listener and nothing of its admin server:
+/// one port named `warden-metrics` besides the inbound one, every probe on it, and the
+/// scrape annotation (when warden inject wrote it) pointing at it.
+fn check_probes_and_scrape_use_the_metrics_port(
+    name: &str,
+    doc: &Value,
+    spec: &Value,
+    sidecar: &Value,
+) {
+    let ports = sidecar["ports"].as_sequence().expect("sidecar ports");
+    let names: Vec<_> = ports.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| ["warden-inbound", "warden-metrics"].contains(n)),
+        "{name}: the sidecar exposes {names:?}; the admin port must stay inside the pod"
+    );
+    let metrics = ports
+        .iter()
+        .find(|p| p["name"] == "warden-metrics")
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or_else(|| panic!("{name}: no warden-metrics port"));
+    let expected = if name == "daemonset" { 15090 } else { 15020 };
+    assert_eq!(metrics, expected, "{name}: metrics port");
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            sidecar[probe]["httpGet"]["port"],
+            Value::from("warden-metrics"),
+            "{name}: {probe}"
+        );
+    }
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // The pod template's annotations (a bare Pod: its own); a user's own scrape
+    // configuration (the DaemonSet's) is left alone.
+    let holder = if doc["kind"] == "Pod" {
+        doc
+    } else {
+        pod_templates(doc)
+            .into_iter()
+            .find(|t| std::ptr::eq(&t["spec"], spec))
+            .expect("the template of this spec")
+    };
+    let annotations = &holder["metadata"]["annotations"];
+    if name != "daemonset" {
+        assert_eq!(
+            annotations["prometheus.io/port"],
+            Value::from(metrics.to_string()),
+            "{name}: scrape port"
+        );
+        assert_eq!(annotations["prometheus.io/path"], "/metrics", "{name}");
+    }
+}
+
+/// Pod templates of a workload document (for a List, of all its items).
+fn pod_templates(doc: &Value) -> Vec<&Value> {
+    match doc["kind"].as_str().unwrap_or("") {
+        "List" => doc["items"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .flat_map(pod_templates)
+            .collect(),
+        "CronJob" => vec![&doc["spec"]["jobTemplate"]["spec"]["template"]],
+        _ => vec![&doc["spec"]["template"]],
+    }
+}
+
+#[test]
+fn an_earlier_injection_exposing_the_admin_port_is_moved_to_the_metrics_port() {
+    let input = std::fs::read_to_string(golden_dir().join("upgrade.in.yaml")).expect("in");
+    assert!(
+        input.contains("warden-admin"),
+        "the input is an old injection"
+    );
+    let out = ok_stdout("upgrade", &inject(input.as_bytes(), &[]));
+    assert!(!out.contains("warden-admin"), "{out}");
+    assert!(!out.contains("15000"), "{out}");
+    assert!(out.contains("prometheus.io/port: \"15020\""), "{out}");
+    // Otherwise the same as a fresh injection of the same workload.
+    let fresh = std::fs::read_to_string(golden_dir().join("deployment.out.yaml")).expect("out");
+    assert_eq!(out, fresh);
 }
 
 #[test]
@@ -250,6 +336,48 @@ fn a_foreign_container_named_warden_is_refused() {
 }
 
 #[test]
+fn the_old_admin_port_annotation_is_refused_pointing_at_metrics_port() {
+    let err = refused("admin-port.error.yaml");
+    assert!(err.contains("document 2"), "{err}");
+    assert!(err.contains("Deployment \"web\""), "{err}");
+    assert!(err.contains("warden.dev/admin-port"), "{err}");
+    assert!(err.contains("warden.dev/metrics-port"), "{err}");
+    assert!(err.contains("metrics_listen"), "{err}");
+    // Said once, not repeated by the error chain.
+    assert_eq!(err.matches("no longer supported").count(), 1, "{err}");
+}
+
+#[test]
+fn an_app_port_on_the_metrics_port_is_refused() {
+    let input = "\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+spec:
+  containers:
+  - name: web
+    image: registry.example.com/web:1
+    ports:
+    - containerPort: 15020
+";
+    let out = inject(input.as_bytes(), &[]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already uses port 15020"), "{err}");
+    assert!(err.contains("warden.dev/metrics-port"), "{err}");
+
+    let moved = input.replace(
+        "metadata:\n  name: web\n",
+        "metadata:\n  name: web\n  annotations:\n    warden.dev/metrics-port: \"15021\"\n",
+    );
+    let out = ok_stdout("moved", &inject(moved.as_bytes(), &[]));
+    assert!(out.contains("containerPort: 15021"), "{out}");
+    assert!(out.contains("prometheus.io/port: \"15021\""), "{out}");
+}
+
+#[test]
 fn a_file_argument_and_a_missing_file() {
     let path = golden_dir().join("pod.in.yaml");
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
@@ -281,7 +409,11 @@ fn help_states_what_is_preserved() {
         "Comments",
         "warden.dev/inject",
         "warden.dev/inbound-port",
+        "warden.dev/metrics-port",
         "warden.dev/admin-port",
+        "no longer accepted",
+        "metrics_listen",
+        "kubectl port-forward",
         "warden.dev/config-map",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");

@@ -2,7 +2,9 @@
 //! typed Kubernetes object (k8s-openapi, with a round trip that catches unknown fields),
 //! SPIRE's ClusterSPIFFEID and kustomization.yaml as strict hand-written structs; every
 //! kustomization lists only files that exist and every manifest is listed by one; every
-//! embedded Warden config parses with Warden's own parsers. For the RAG demo it also checks
+//! embedded Warden config parses with Warden's own parsers; no sidecar config binds its admin
+//! server (debug views) off loopback, and every probe and scrape of a sidecar goes to its
+//! metrics-only listener (security invariant 6). For the RAG demo it also checks
 //! that the chain is what the docs say: each hop admits only its predecessor, ports agree
 //! between sidecar config, container and annotations, and each workload file is exactly
 //! what `warden inject` makes of it.
@@ -204,18 +206,19 @@ fn the_rag_chain_admits_only_each_predecessor_and_its_ports_agree() -> anyhow::R
         let config = SidecarConfig::from_toml(config_map, toml)?;
 
         assert_eq!(spec["serviceAccountName"], Value::from(*tier));
-        assert_eq!(
-            port("warden-admin"),
-            Some(u64::from(config.admin_listen.port()))
-        );
+        let metrics = config
+            .metrics_listen
+            .with_context(|| format!("{tier}: no [admin] metrics_listen"))?;
+        assert_eq!(port("warden-metrics"), Some(u64::from(metrics.port())));
+        assert_eq!(port("warden-admin"), None, "{tier}: admin port exposed");
         assert!(
-            config.admin_listen.ip().is_unspecified(),
-            "{tier}: the kubelet probes the pod IP"
+            config.admin_listen.ip().is_loopback(),
+            "{tier}: the admin server binds loopback"
         );
         assert_eq!(annotations["prometheus.io/scrape"], Value::from("true"));
         assert_eq!(
             annotations["prometheus.io/port"],
-            Value::from(config.admin_listen.port().to_string())
+            Value::from(metrics.port().to_string())
         );
         match i {
             0 => {
@@ -280,4 +283,133 @@ fn the_demo_workloads_are_exactly_what_warden_inject_makes() {
             "{tier}.yaml is not what `warden inject` produces; regenerate it"
         );
     }
+}
+
+/// The pod template of a workload object (a bare Pod: the object itself).
+fn pod_template(doc: &Value) -> Option<&Value> {
+    match doc["kind"].as_str()? {
+        "Pod" => Some(doc),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "Job" => Some(&doc["spec"]["template"]),
+        "CronJob" => Some(&doc["spec"]["jobTemplate"]["spec"]["template"]),
+        _ => None,
+    }
+}
+
+/// Security invariant 6 on Kubernetes: a sidecar's admin server (with the debug views) binds
+/// loopback; what the pod exposes to the kubelet and Prometheus is the metrics-only listener,
+/// and every probe and scrape annotation of every sidecar points at exactly that port.
+#[test]
+fn sidecar_admin_stays_on_loopback_and_probes_and_scrapes_use_metrics_listen() -> anyhow::Result<()>
+{
+    let m = load();
+    let maps = config_maps(&m);
+    for ((ns, name), data) in &maps {
+        let Some(toml) = data.get("sidecar.toml") else {
+            continue;
+        };
+        let config = SidecarConfig::from_toml(name, toml)?;
+        assert!(
+            config.admin_listen.ip().is_loopback(),
+            "ConfigMap {ns}/{name}: [admin] listen = {} is not loopback; expose \
+             [admin] metrics_listen instead",
+            config.admin_listen
+        );
+        if let Some(metrics) = config.metrics_listen {
+            assert!(
+                metrics.ip().is_unspecified(),
+                "ConfigMap {ns}/{name}: metrics_listen {metrics}: the kubelet probes the pod IP"
+            );
+        }
+    }
+
+    let mut sidecars = 0;
+    for (file, doc) in &m.objects {
+        let Some(template) = pod_template(doc) else {
+            continue;
+        };
+        let what = format!(
+            "{}: {} {}",
+            file.strip_prefix(deploy_dir()).unwrap_or(file).display(),
+            doc["kind"].as_str().unwrap_or("?"),
+            doc["metadata"]["name"].as_str().unwrap_or("?")
+        );
+        let spec = &template["spec"];
+        let Some(sidecar) = ["initContainers", "containers"]
+            .iter()
+            .flat_map(|list| spec[*list].as_sequence().into_iter().flatten())
+            .find(|c| c["name"] == "warden")
+        else {
+            continue;
+        };
+        sidecars += 1;
+        let ns = doc["metadata"]["namespace"].as_str().unwrap_or("");
+        let config_map = spec["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == "warden-config")
+            .and_then(|v| v["configMap"]["name"].as_str())
+            .with_context(|| format!("{what}: no warden-config volume"))?;
+        let toml = maps
+            .get(&(ns.to_owned(), config_map.to_owned()))
+            .and_then(|d| d.get("sidecar.toml"))
+            .with_context(|| format!("{what}: no ConfigMap {ns}/{config_map} with sidecar.toml"))?;
+        let config = SidecarConfig::from_toml(config_map, toml)?;
+        let metrics = config
+            .metrics_listen
+            .with_context(|| {
+                format!("{what}: {config_map} has no [admin] metrics_listen to probe")
+            })?
+            .port();
+
+        let ports = sidecar["ports"].as_sequence().cloned().unwrap_or_default();
+        let resolve = |port: &Value| -> Option<u64> {
+            match port {
+                Value::String(name) => ports
+                    .iter()
+                    .find(|p| p["name"] == name.as_str())
+                    .and_then(|p| p["containerPort"].as_u64()),
+                other => other.as_u64(),
+            }
+        };
+        assert!(
+            ports
+                .iter()
+                .all(|p| p["containerPort"].as_u64() != Some(u64::from(config.admin_listen.port()))),
+            "{what}: the sidecar exposes its admin port {}",
+            config.admin_listen.port()
+        );
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            let http = &sidecar[probe]["httpGet"];
+            if http.is_null() {
+                continue;
+            }
+            assert_eq!(
+                resolve(&http["port"]),
+                Some(u64::from(metrics)),
+                "{what}: {probe} port must be metrics_listen's port {metrics}"
+            );
+            let path = http["path"].as_str().unwrap_or("");
+            assert!(
+                ["/healthz", "/readyz"].contains(&path),
+                "{what}: {probe} path {path:?} is not served by the metrics listener"
+            );
+        }
+        let annotations = &template["metadata"]["annotations"];
+        if annotations["prometheus.io/scrape"] == "true" {
+            assert_eq!(
+                annotations["prometheus.io/port"],
+                Value::from(metrics.to_string()),
+                "{what}: prometheus.io/port must be metrics_listen's port"
+            );
+            assert_eq!(annotations["prometheus.io/path"], "/metrics", "{what}");
+        }
+    }
+    assert_eq!(sidecars, CHAIN.len(), "workloads with a warden sidecar");
+    Ok(())
 }

@@ -38,7 +38,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub(crate) enum Scope {
     /// Everything: the loopback admin listener.
     Full,
-    /// `/metrics` only: the optional public metrics listener.
+    /// `/metrics`, `/healthz`, `/readyz`: the optional public listener (Prometheus, kubelet).
     MetricsOnly,
 }
 

@@ -28,19 +28,28 @@ Each pod gets: the `warden` container as a native sidecar (an init container wit
 restartPolicy: Always, so it starts before the app and does not keep a Job from finishing;
 Kubernetes 1.29+), running `warden sidecar --config /etc/warden/sidecar.toml` as a non-root
 user on a read-only root filesystem, with CPU/memory requests, startup/liveness probes on
-/healthz and a readiness probe on /readyz of the admin port, and SPIFFE_ENDPOINT_SOCKET set;
+/healthz and a readiness probe on /readyz of the metrics port (container port
+`warden-metrics`), and SPIFFE_ENDPOINT_SOCKET set;
 the volumes `warden-config` (the ConfigMap with key sidecar.toml), `warden-workload-api` (the
 SPIFFE CSI driver csi.spiffe.io, read-only, at /spiffe-workload-api) and `warden-data`
 (emptyDir for the policy cache); the annotation warden.dev/injected: \"true\", and
-prometheus.io/scrape, /port, /path unless prometheus.io/scrape is already set.
+prometheus.io/scrape, /port (the metrics port), /path (/metrics) unless prometheus.io/scrape
+is already set.
 
 Pod template annotations (a bare Pod: its own):
-  warden.dev/inject: \"false\"        leave this workload alone
-  warden.dev/inbound-port: \"8443\"   the sidecar's inbound listener port, or \"none\"
-  warden.dev/admin-port: \"15000\"    admin port: probes and /metrics
-  warden.dev/config-map: NAME        the ConfigMap holding sidecar.toml (default <workload name>-warden)
-The sidecar's TOML must agree: inbound listen 0.0.0.0:<inbound-port>, admin listen
-0.0.0.0:<admin-port> (the kubelet probes the pod IP).
+  warden.dev/inject: \"false\"         leave this workload alone
+  warden.dev/inbound-port: \"8443\"    the sidecar's inbound listener port, or \"none\"
+  warden.dev/metrics-port: \"15020\"   the metrics-only listener: probes and Prometheus
+  warden.dev/config-map: NAME         the ConfigMap holding sidecar.toml (default <workload name>-warden)
+  warden.dev/admin-port               no longer accepted: refused with an error, because it
+                                      named the port of the whole admin server on the pod IP;
+                                      use warden.dev/metrics-port
+The sidecar's TOML must agree: inbound listen 0.0.0.0:<inbound-port>, and under [admin]
+metrics_listen = \"0.0.0.0:<metrics-port>\" (the kubelet and Prometheus reach the pod IP;
+that listener serves only /metrics, /healthz and /readyz). Keep [admin] listen on loopback
+(127.0.0.1:15000, the default): the debug views are not exposed by the pod, reach them with
+`kubectl port-forward` or `kubectl exec`. That port is still taken in the pod's network
+namespace, so the app must not use it.
 
 What is preserved:
   - A document that needs no change is copied byte for byte, comments and layout included:
@@ -54,7 +63,9 @@ What is preserved:
     Input is read as YAML 1.2: an unquoted yes/no/on/off is kept as written.
   - Idempotent: running it on its own output gives the same output. A workload marked
     warden.dev/injected has its warden container and volumes re-rendered in place, so a
-    new --image updates it and the same options change nothing.
+    new --image updates it and the same options change nothing. A prometheus.io/port that
+    names a port of that earlier sidecar (such as warden-admin, the public admin port of
+    earlier versions) is moved to the metrics port.
 
 Refused, with a non-zero exit and nothing written: a YAML syntax error (the message names the
 document and the line); a workload without containers; a container or volume named like
@@ -88,17 +99,19 @@ pub enum InjectError {
         start: usize,
         message: String,
     },
-    #[error("document {doc} (starting at line {start}): {source}")]
+    // The inner errors are named `error`, not `source`: their text is already in the
+    // message, and as a `source` an error report would print it a second time.
+    #[error("document {doc} (starting at line {start}): {error}")]
     Workload {
         doc: usize,
         start: usize,
-        source: WorkloadError,
+        error: WorkloadError,
     },
-    #[error("document {doc} (starting at line {start}): cannot write it back: {source}")]
+    #[error("document {doc} (starting at line {start}): cannot write it back: {error}")]
     Emit {
         doc: usize,
         start: usize,
-        source: emit::EmitError,
+        error: emit::EmitError,
     },
 }
 
@@ -206,24 +219,25 @@ pub fn inject_text(text: &str, opts: &Options) -> Result<String, InjectError> {
         }
         doc += 1;
         let mut injected = original.clone();
-        workload::inject_object(&mut injected, opts, "").map_err(|source| {
+        workload::inject_object(&mut injected, opts, "").map_err(|error| {
             InjectError::Workload {
                 doc,
                 start: chunk.start_line,
-                source,
+                error,
             }
         })?;
         if injected == original {
             out.push_str(chunk.text);
             continue;
         }
-        let body = emit::document(&injected, &emit::SourceScalars::scan(chunk.text)).map_err(
-            |source| InjectError::Emit {
-                doc,
-                start: chunk.start_line,
-                source,
-            },
-        )?;
+        let body =
+            emit::document(&injected, &emit::SourceScalars::scan(chunk.text)).map_err(|error| {
+                InjectError::Emit {
+                    doc,
+                    start: chunk.start_line,
+                    error,
+                }
+            })?;
         if chunk.has_start_marker || !out.is_empty() {
             out.push_str("---\n");
         }

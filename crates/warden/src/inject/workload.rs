@@ -12,6 +12,9 @@ use super::Options;
 /// Annotations read from the pod template (or from a bare Pod's own metadata).
 pub const ANNOTATION_INJECT: &str = "warden.dev/inject";
 pub const ANNOTATION_INBOUND_PORT: &str = "warden.dev/inbound-port";
+pub const ANNOTATION_METRICS_PORT: &str = "warden.dev/metrics-port";
+/// Read by earlier versions as the port of the whole admin server, which then had to bind
+/// the pod IP. Refused now, with a message pointing at [`ANNOTATION_METRICS_PORT`].
 pub const ANNOTATION_ADMIN_PORT: &str = "warden.dev/admin-port";
 pub const ANNOTATION_CONFIG_MAP: &str = "warden.dev/config-map";
 /// Written by `warden inject`: marks the `warden` container and volumes as its own, so a
@@ -27,7 +30,12 @@ pub const SOCKET_DIR: &str = "/spiffe-workload-api";
 pub const SOCKET_ENDPOINT: &str = "unix:///spiffe-workload-api/spire-agent.sock";
 pub const DATA_DIR: &str = "/var/lib/warden";
 pub const DEFAULT_INBOUND_PORT: u16 = 8443;
-pub const DEFAULT_ADMIN_PORT: u16 = 15000;
+/// The sidecar's metrics-only listener (`[admin] metrics_listen`): `/metrics`, `/healthz`,
+/// `/readyz`, nothing else. The kubelet and Prometheus reach the pod IP, so this is the one
+/// admin port a pod exposes; the full admin server stays on loopback (security invariant 6).
+pub const DEFAULT_METRICS_PORT: u16 = 15020;
+/// The name of the metrics port in the container's port list; the probes refer to it.
+pub const METRICS_PORT_NAME: &str = "warden-metrics";
 /// The distroless `nonroot` user.
 const RUN_AS: u64 = 65532;
 
@@ -107,7 +115,7 @@ struct PodInjector<'a> {
 
 struct Settings {
     inbound_port: Option<u16>,
-    admin_port: u16,
+    metrics_port: u16,
     config_map: String,
     already_injected: bool,
 }
@@ -157,10 +165,23 @@ impl PodInjector<'_> {
             Some("none") => None,
             _ => Some(port(ANNOTATION_INBOUND_PORT, DEFAULT_INBOUND_PORT)?),
         };
-        let admin_port = port(ANNOTATION_ADMIN_PORT, DEFAULT_ADMIN_PORT)?;
-        if inbound_port == Some(admin_port) {
+        // warden.dev/admin-port used to name the port of the whole admin server, debug
+        // views included, bound on the pod IP. Reading it as the metrics port would be a
+        // guess: with an old sidecar.toml the probes would keep reaching the full admin
+        // server on a public address, with a new one a port nothing listens on. So say
+        // what to do instead.
+        if annotations.get(ANNOTATION_ADMIN_PORT).is_some() {
             return Err(self.err(format!(
-                "the inbound and the admin port are both {admin_port}; set {ANNOTATION_INBOUND_PORT} or {ANNOTATION_ADMIN_PORT}"
+                "annotation {ANNOTATION_ADMIN_PORT} is no longer supported: probes and Prometheus now use the \
+                 sidecar's metrics-only listener; replace it with {ANNOTATION_METRICS_PORT} (default \
+                 {DEFAULT_METRICS_PORT}) and in sidecar.toml set [admin] metrics_listen = \"0.0.0.0:<port>\" \
+                 and keep [admin] listen on 127.0.0.1 (the default)"
+            )));
+        }
+        let metrics_port = port(ANNOTATION_METRICS_PORT, DEFAULT_METRICS_PORT)?;
+        if inbound_port == Some(metrics_port) {
+            return Err(self.err(format!(
+                "the inbound and the metrics port are both {metrics_port}; set {ANNOTATION_INBOUND_PORT} or {ANNOTATION_METRICS_PORT}"
             )));
         }
         let config_map = match annotation(ANNOTATION_CONFIG_MAP)? {
@@ -179,7 +200,7 @@ impl PodInjector<'_> {
         }
         let settings = Settings {
             inbound_port,
-            admin_port,
+            metrics_port,
             config_map,
             already_injected: annotation(ANNOTATION_INJECTED)?.as_deref() == Some("true"),
         };
@@ -187,12 +208,14 @@ impl PodInjector<'_> {
         let Some(Value::Mapping(spec)) = pod.get_mut("spec") else {
             return Err(self.err("has no pod spec, so no containers to add a sidecar to"));
         };
-        self.inject_spec(spec, &settings)?;
-        self.annotate(pod, &settings);
+        let earlier_ports = self.inject_spec(spec, &settings)?;
+        self.annotate(pod, &settings, &earlier_ports);
         Ok(())
     }
 
-    fn inject_spec(&self, spec: &mut Mapping, s: &Settings) -> Result<(), WorkloadError> {
+    /// Returns the admin/metrics ports of the sidecar an earlier run added (empty if none),
+    /// so that [`Self::annotate`] can move a scrape annotation that pointed at them.
+    fn inject_spec(&self, spec: &mut Mapping, s: &Settings) -> Result<Vec<u64>, WorkloadError> {
         match spec.get("containers") {
             Some(Value::Sequence(c)) if !c.is_empty() => {}
             _ => {
@@ -202,6 +225,7 @@ impl PodInjector<'_> {
         // Take out a sidecar of ours from an earlier run (remembering where it was), or
         // refuse a container of the same name that someone else put there.
         let mut position = None;
+        let mut earlier_ports = Vec::new();
         for list in ["initContainers", "containers"] {
             let Some(Value::Sequence(containers)) = spec.get_mut(list) else {
                 continue;
@@ -216,7 +240,22 @@ impl PodInjector<'_> {
                          (no annotation {ANNOTATION_INJECTED}: \"true\"); rename it or remove it"
                     )));
                 }
-                containers.remove(i);
+                let earlier = containers.remove(i);
+                // `warden-admin`: the port of versions that exposed the whole admin server.
+                earlier_ports.extend(
+                    earlier
+                        .get("ports")
+                        .and_then(Value::as_sequence)
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| {
+                            matches!(
+                                p.get("name").and_then(Value::as_str),
+                                Some(METRICS_PORT_NAME | "warden-admin")
+                            )
+                        })
+                        .filter_map(|p| p.get("containerPort").and_then(Value::as_u64)),
+                );
                 if list == "initContainers" {
                     position = Some(i);
                 }
@@ -237,7 +276,7 @@ impl PodInjector<'_> {
                     };
                     for (ours, key) in [
                         (s.inbound_port, ANNOTATION_INBOUND_PORT),
-                        (Some(s.admin_port), ANNOTATION_ADMIN_PORT),
+                        (Some(s.metrics_port), ANNOTATION_METRICS_PORT),
                     ] {
                         if ours.map(u64::from) == Some(n) {
                             return Err(self.err(format!(
@@ -278,12 +317,14 @@ impl PodInjector<'_> {
                 None => volumes.push(volume),
             }
         }
-        Ok(())
+        Ok(earlier_ports)
     }
 
     /// Marks the pod as injected and, unless the user already configured scraping, points
-    /// Prometheus at the sidecar's metrics.
-    fn annotate(&self, pod: &mut Mapping, s: &Settings) {
+    /// Prometheus at the sidecar's metrics. A `prometheus.io/port` naming a port of the
+    /// sidecar an earlier run added (`earlier_ports`, such as the old public admin port)
+    /// is about this sidecar, not the app, so it follows the metrics port.
+    fn annotate(&self, pod: &mut Mapping, s: &Settings, earlier_ports: &[u64]) {
         if !pod.contains_key("metadata") {
             // Kubernetes writes metadata before spec; keep that order for readability.
             let rest = std::mem::take(pod);
@@ -303,9 +344,23 @@ impl PodInjector<'_> {
             return;
         };
         annotations.insert(ANNOTATION_INJECTED.into(), "true".into());
+        let scrapes_earlier_sidecar = annotations
+            .get("prometheus.io/port")
+            .and_then(Value::as_str)
+            .and_then(|p| p.parse::<u64>().ok())
+            .is_some_and(|p| earlier_ports.contains(&p));
+        if scrapes_earlier_sidecar {
+            annotations.insert(
+                "prometheus.io/port".into(),
+                s.metrics_port.to_string().into(),
+            );
+        }
         if !annotations.contains_key("prometheus.io/scrape") {
             annotations.insert("prometheus.io/scrape".into(), "true".into());
-            annotations.insert("prometheus.io/port".into(), s.admin_port.to_string().into());
+            annotations.insert(
+                "prometheus.io/port".into(),
+                s.metrics_port.to_string().into(),
+            );
             annotations.insert("prometheus.io/path".into(), "/metrics".into());
         }
     }
@@ -318,7 +373,7 @@ impl PodInjector<'_> {
             map([
                 (
                     "httpGet",
-                    map([("path", path.into()), ("port", "warden-admin".into())]),
+                    map([("path", path.into()), ("port", METRICS_PORT_NAME.into())]),
                 ),
                 ("periodSeconds", period.into()),
                 ("failureThreshold", failures.into()),
@@ -332,9 +387,11 @@ impl PodInjector<'_> {
                 ("protocol", "TCP".into()),
             ]));
         }
+        // Only the metrics-only listener: the full admin server (debug views) binds
+        // loopback and is not a container port.
         ports.push(map([
-            ("name", "warden-admin".into()),
-            ("containerPort", s.admin_port.into()),
+            ("name", METRICS_PORT_NAME.into()),
+            ("containerPort", s.metrics_port.into()),
             ("protocol", "TCP".into()),
         ]));
         let mount = |name: &str, path: &str, read_only: bool| {
