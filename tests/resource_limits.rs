@@ -133,10 +133,15 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     }
     let first = tokio::time::Instant::now();
     // Wait until the backoff has reached its cap twice: the loop kept retrying, slowly.
-    wait_until("backoff reaches its 1 s cap", DEADLINE, || {
-        p.log().matches("backoff_ms=1000").count() >= 2
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while p.log().matches("backoff_ms=1000").count() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backoff never reached its 1 s cap; log:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(p.exited().is_none(), "sidecar died; log:\n{}", p.log());
     let episode = first.elapsed().as_secs_f64();
     let failures = accept_failures(&p.log()).len();

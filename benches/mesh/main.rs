@@ -122,20 +122,19 @@ fn main() {
     let workers = sys::nproc();
     let mut samples: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
     for round in 0..opts.rounds {
-        let mut order = vec![Kind::Direct, Kind::Warden];
+        let mut kinds = vec![Kind::Direct, Kind::Warden];
         if envoy.is_some() {
-            order.push(Kind::Envoy);
+            kinds.push(Kind::Envoy);
         }
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for kind in order {
-            eprintln!(
-                "[{:>4.0}s] round {} {}",
-                started.elapsed().as_secs_f64(),
-                round + 1,
-                kind.name()
-            );
+        // Every topology of the round runs side by side (idle ones cost nothing) so that
+        // each measurement can alternate between them within seconds: on a shared, noisy
+        // machine that keeps slow periods from landing on one topology only.
+        let mut live = Vec::new();
+        for kind in kinds {
+            let sample = Sample {
+                round,
+                ..Sample::default()
+            };
             let topology = match kind {
                 Kind::Direct => Ok(Topology {
                     entry: app.addr,
@@ -143,29 +142,52 @@ fn main() {
                 }),
                 Kind::Warden => topo::start_warden(&opts.warden, dir.path(), app.addr),
                 Kind::Envoy => topo::start_envoy(
-                    envoy
-                        .as_deref()
-                        .expect("Envoy is in the order only when found"),
+                    envoy.as_deref().expect("Envoy is listed only when found"),
                     dir.path(),
                     app.addr,
                     KX_GROUP,
                     workers,
                 ),
             };
-            let mut sample = Sample {
-                round,
-                ..Sample::default()
+            live.push(Live {
+                kind,
+                topology: topology.map_err(|e| e.to_string()),
+                sample,
+            });
+        }
+        let phases = phases(&opts);
+        for (i, phase) in phases.iter().enumerate() {
+            // Alternate the order per phase and per round: ABC, CBA, ...
+            let reverse = (i + round) % 2 == 1;
+            let order: Vec<usize> = if reverse {
+                (0..live.len()).rev().collect()
+            } else {
+                (0..live.len()).collect()
             };
-            match topology {
-                Ok(mut t) => {
-                    if let Err(e) = measure(&rt, &opts, &app, &mut t, idle, &mut sample) {
-                        eprintln!("  {} failed: {e}", kind.name());
-                        sample.error = Some(e);
-                    }
+            for j in order {
+                let l = &mut live[j];
+                if l.sample.error.is_some() {
+                    continue;
                 }
-                Err(e) => sample.error = Some(e),
+                eprintln!(
+                    "[{:>4.0}s] round {} {:<8} {:?}",
+                    started.elapsed().as_secs_f64(),
+                    round + 1,
+                    l.kind.name(),
+                    phase
+                );
+                let result = match &mut l.topology {
+                    Ok(t) => run_phase(&rt, &opts, &app, t, idle, *phase, &mut l.sample),
+                    Err(e) => Err(e.clone()),
+                };
+                if let Err(e) = result {
+                    eprintln!("  {} failed: {e}", l.kind.name());
+                    l.sample.error = Some(e);
+                }
             }
-            samples.entry(kind.name()).or_default().push(sample);
+        }
+        for l in live {
+            samples.entry(l.kind.name()).or_default().push(l.sample);
         }
     }
     let ceilings_after = sys::openssl_ceilings(ceil_secs);
@@ -252,91 +274,119 @@ fn main() {
     }
 }
 
-/// Runs every measurement against one started topology. The proxies are killed when `t`
-/// is dropped by the caller.
-fn measure(
+struct Live {
+    kind: Kind,
+    topology: Result<Topology, String>,
+    sample: Sample,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Readiness, idle RSS, then RSS with many idle connections (on fresh processes).
+    Memory,
+    Latency(u32),
+    Bulk(usize),
+    Connections,
+}
+
+fn phases(opts: &Options) -> Vec<Phase> {
+    let mut v = vec![Phase::Memory];
+    v.extend(opts.rates.iter().map(|&r| Phase::Latency(r)));
+    v.extend([Phase::Bulk(1), Phase::Bulk(8), Phase::Connections]);
+    v
+}
+
+/// One measurement against one running topology. The proxies are killed when the
+/// topology is dropped by the caller.
+fn run_phase(
     rt: &tokio::runtime::Runtime,
     opts: &Options,
     app: &load::App,
     t: &mut Topology,
     idle: usize,
+    phase: Phase,
     s: &mut Sample,
 ) -> Result<(), String> {
     let ticks = sys::clock_ticks();
     let entry = t.entry;
-    if let Err(e) = rt.block_on(load::wait_ready(entry, Duration::from_secs(30))) {
-        t.check_alive()?;
-        let logs: Vec<String> = t.procs.iter().map(|p| p.log_tail()).collect();
-        return Err(format!("not ready: {e}; logs: {}", logs.join(" | ")));
-    }
-    s.loadavg = sys::loadavg();
     let pids = t.pids();
     let proxied = !pids.is_empty();
-    if proxied {
-        std::thread::sleep(Duration::from_secs(1));
-        s.rss_idle = pids.iter().filter_map(|&p| sys::rss_bytes(p)).collect();
-        s.threads = pids.iter().filter_map(|&p| sys::threads(p)).collect();
-        // Memory with many idle connections, first, on a fresh process: the later load
-        // would leave freed-but-kept heap behind that the connections could reuse.
-        let mut conns = rt.block_on(load::idle_connections(entry, idle, 32))?;
-        s.idle_conns = conns.len();
-        std::thread::sleep(Duration::from_secs(2));
-        s.rss_conns = pids.iter().filter_map(|&p| sys::rss_bytes(p)).collect();
-        s.idle_alive = rt.block_on(load::still_open(&mut conns));
-        rt.block_on(async move { drop(conns) });
-        std::thread::sleep(Duration::from_secs(1));
-        t.check_alive()?;
-    }
     let cpu = || sys::cpu_seconds(&pids, ticks);
-    for &rate in &opts.rates {
-        let c0 = cpu();
-        let run = rt.block_on(load::latency(
-            entry,
-            rate,
-            LATENCY_CONNS,
-            opts.warmup,
-            opts.latency,
-        ))?;
-        let c1 = cpu();
-        let h = &run.hist;
-        let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
-        s.latency.insert(
-            rate,
-            Latency {
-                p50_us: us(0.5),
-                p99_us: us(0.99),
-                p999_us: us(0.999),
-                achieved_rps: run.achieved_rps,
-                lost: run.sent.saturating_sub(run.received),
-                cpu_per_100k: proxied.then(|| (c1 - c0) / run.sent as f64 * 100_000.0),
-            },
-        );
-        t.check_alive()?;
-    }
-    for streams in [1usize, 8] {
-        let c0 = cpu();
-        let bytes_per_sec = rt.block_on(load::bulk(entry, app, streams, opts.warmup, opts.bulk))?;
-        let c1 = cpu();
-        if streams == 1 {
-            s.bulk1 = Some(bytes_per_sec);
-            // The CPU window includes the warm-up, so scale bytes by the whole window.
-            let secs = (opts.warmup + opts.bulk).as_secs_f64();
-            s.bulk1_cpu_per_gib =
-                proxied.then(|| (c1 - c0) / (bytes_per_sec * secs / (1024.0 * 1024.0 * 1024.0)));
-        } else {
-            s.bulk8 = Some(bytes_per_sec);
+    match phase {
+        Phase::Memory => {
+            if let Err(e) = rt.block_on(load::wait_ready(entry, Duration::from_secs(30))) {
+                t.check_alive()?;
+                let logs: Vec<String> = t.procs.iter().map(|p| p.log_tail()).collect();
+                return Err(format!("not ready: {e}; logs: {}", logs.join(" | ")));
+            }
+            s.loadavg = sys::loadavg();
+            if !proxied {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            s.rss_idle = pids.iter().filter_map(|&p| sys::rss_bytes(p)).collect();
+            s.threads = pids.iter().filter_map(|&p| sys::threads(p)).collect();
+            // First, on fresh processes: later load would leave freed-but-kept heap behind
+            // that the connections could reuse, hiding their cost.
+            let mut conns = rt.block_on(load::idle_connections(entry, idle, 32))?;
+            s.idle_conns = conns.len();
+            std::thread::sleep(Duration::from_secs(2));
+            s.rss_conns = pids.iter().filter_map(|&p| sys::rss_bytes(p)).collect();
+            s.idle_alive = rt.block_on(load::still_open(&mut conns));
+            rt.block_on(async move { drop(conns) });
+            std::thread::sleep(Duration::from_secs(1));
         }
-        // Let the proxies drain what the aborted writers left in flight.
-        std::thread::sleep(Duration::from_millis(500));
-        t.check_alive()?;
+        Phase::Latency(rate) => {
+            let c0 = cpu();
+            let run = rt.block_on(load::latency(
+                entry,
+                rate,
+                LATENCY_CONNS,
+                opts.warmup,
+                opts.latency,
+            ))?;
+            let c1 = cpu();
+            let h = &run.hist;
+            let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+            s.latency.insert(
+                rate,
+                Latency {
+                    p50_us: us(0.5),
+                    p99_us: us(0.99),
+                    p999_us: us(0.999),
+                    achieved_rps: run.achieved_rps,
+                    lost: run.sent.saturating_sub(run.received),
+                    cpu_per_100k: proxied.then(|| (c1 - c0) / run.sent as f64 * 100_000.0),
+                },
+            );
+        }
+        Phase::Bulk(streams) => {
+            let c0 = cpu();
+            let bytes_per_sec =
+                rt.block_on(load::bulk(entry, app, streams, opts.warmup, opts.bulk))?;
+            let c1 = cpu();
+            if streams == 1 {
+                s.bulk1 = Some(bytes_per_sec);
+                // The CPU window includes the warm-up: scale bytes to the whole window.
+                let secs = (opts.warmup + opts.bulk).as_secs_f64();
+                s.bulk1_cpu_per_gib = proxied
+                    .then(|| (c1 - c0) / (bytes_per_sec * secs / (1024.0 * 1024.0 * 1024.0)));
+            } else {
+                s.bulk8 = Some(bytes_per_sec);
+            }
+            // Let the proxies drain what the aborted writers left in flight.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Phase::Connections => {
+            let c0 = cpu();
+            let conns = rt.block_on(load::new_connections(entry, 16, opts.conns))?;
+            let c1 = cpu();
+            s.conns_per_sec = Some(conns.per_sec);
+            s.conn_failed = conns.failed;
+            s.conn_p99_us = Some(conns.hist.value_at_quantile(0.99) as f64 / 1_000.0);
+            s.conn_cpu_per_1k =
+                (proxied && conns.ok > 0).then(|| (c1 - c0) / conns.ok as f64 * 1_000.0);
+        }
     }
-    let c0 = cpu();
-    let conns = rt.block_on(load::new_connections(entry, 16, opts.conns))?;
-    let c1 = cpu();
-    s.conns_per_sec = Some(conns.per_sec);
-    s.conn_failed = conns.failed;
-    s.conn_p99_us = Some(conns.hist.value_at_quantile(0.99) as f64 / 1_000.0);
-    s.conn_cpu_per_1k = (proxied && conns.ok > 0).then(|| (c1 - c0) / conns.ok as f64 * 1_000.0);
-    t.check_alive()?;
-    Ok(())
+    t.check_alive()
 }

@@ -140,7 +140,7 @@ impl Run {
         let rounds = self.of(Kind::Warden).len();
         let _ = writeln!(
             w,
-            "- rounds: {rounds} per topology, interleaved (direct, Warden, Envoy; then reversed); each figure is the median over rounds, added latency is the median of (topology - direct) within a round\n"
+            "- rounds: {rounds}; in each, all topologies run side by side and every measurement alternates between them (direct, Warden, Envoy, then reversed for the next measurement and round); each figure is the median over rounds, added latency is the median of (topology - direct) within a round\n"
         );
         self.table(w);
         self.targets(w);
@@ -401,7 +401,11 @@ impl Run {
                 lat.join("; "),
                 fmt(s.bulk1.map(|b| b / MIB), 0),
                 fmt(s.bulk8.map(|b| b / MIB), 0),
-                fmt(s.conns_per_sec, 0),
+                if s.conn_failed > 0 {
+                    format!("{} ({} failed)", fmt(s.conns_per_sec, 0), s.conn_failed)
+                } else {
+                    fmt(s.conns_per_sec, 0)
+                },
                 mib(&s.rss_idle),
                 mib(&s.rss_conns),
                 s.idle_alive,

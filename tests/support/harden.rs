@@ -321,8 +321,24 @@ path = "{audit}"
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// The process's stderr, without the ANSI colours the log formatter adds.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
+        let raw = std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI sequence: ESC [ ... final byte in @..~
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) && c != '[' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     pub fn audit(&self) -> Vec<serde_json::Value> {

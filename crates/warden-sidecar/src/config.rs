@@ -179,8 +179,7 @@ pub struct SidecarConfig {
     pub outbound: Vec<OutboundConfig>,
     pub admin_listen: SocketAddr,
     /// `[admin] metrics_listen`: an extra listener serving only `/metrics`, `/healthz` and
-    /// `/readyz`, which may bind
-    /// publicly (the full admin API stays on `admin_listen`).
+    /// `/readyz`, which may bind publicly (the full admin API stays on `admin_listen`).
     pub metrics_listen: Option<SocketAddr>,
     /// `[audit] path`: append audit records here instead of stderr.
     pub audit_path: Option<PathBuf>,
