@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use warden_identity::{SpiffeId, TrustDomain};
-use warden_sidecar::config::{ConfigError, IdentityConfig, parse_duration};
+use warden_sidecar::config::{ConfigError, IdentityConfig, parse_duration, read_config_file};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,12 +88,7 @@ pub struct ControlPlaneConfig {
 
 impl ControlPlaneConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            key: "(file)".into(),
-            problem: format!("cannot read: {e}"),
-        })?;
+        let (file, text) = read_config_file(path)?;
         Self::from_toml(&file, &text)
     }
 

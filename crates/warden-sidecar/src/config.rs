@@ -190,14 +190,22 @@ pub struct SidecarConfig {
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15000";
 
-impl SidecarConfig {
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
+/// Reads a config file: its name for error messages, and its text.
+pub fn read_config_file(path: &Path) -> Result<(String, String), ConfigError> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((file, text)),
+        Err(e) => Err(ConfigError {
+            file,
             key: "(file)".into(),
             problem: format!("cannot read: {e}"),
-        })?;
+        }),
+    }
+}
+
+impl SidecarConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let (file, text) = read_config_file(path)?;
         Self::from_toml(&file, &text)
     }
 

@@ -83,14 +83,32 @@ fn control_plane_config(dir: &Path) -> anyhow::Result<ControlPlaneConfig> {
     ControlPlaneConfig::from_toml("demo control plane", &text).map_err(|e| anyhow!("{e}"))
 }
 
-/// A sidecar for `name`: inbound `http` forwarding to `forward` (if any), one outbound per
-/// `(listener, upstream name, upstream inbound address)`.
+/// One outbound listener of a sidecar: its name, the upstream workload and address, and
+/// where the listener binds (port 0 unless the local service must know it in advance).
+struct Upstream<'a> {
+    listener: &'a str,
+    workload: &'a str,
+    connect: SocketAddr,
+    listen: SocketAddr,
+}
+
+fn upstream<'a>(listener: &'a str, workload: &'a str, connect: SocketAddr) -> Upstream<'a> {
+    Upstream {
+        listener,
+        workload,
+        connect,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+/// A sidecar for `name`: inbound `http` forwarding to `forward` (if any), and the outbound
+/// listeners of `outbound`; SVID from its Workload API socket, policy from the control plane.
 async fn start_sidecar(
     dir: &Path,
     cp: SocketAddr,
     name: &str,
     forward: Option<SocketAddr>,
-    outbound: &[(&str, &str, SocketAddr)],
+    outbound: &[Upstream<'_>],
 ) -> anyhow::Result<Sidecar> {
     let endpoint = format!("unix://{}", socket(dir, name).display());
     let mut text = format!(
@@ -105,10 +123,13 @@ async fn start_sidecar(
             "[[inbound]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n"
         ));
     }
-    for (listener, upstream, addr) in outbound {
+    for u in outbound {
         text.push_str(&format!(
-            "[[outbound]]\nname = \"{listener}\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{addr}\"\nserver_id = \"{}\"\n",
-            id(upstream)
+            "[[outbound]]\nname = \"{}\"\nlisten = \"{}\"\nconnect = \"{}\"\nserver_id = \"{}\"\n",
+            u.listener,
+            u.listen,
+            u.connect,
+            id(u.workload)
         ));
     }
     let config =
@@ -215,7 +236,7 @@ impl Demo {
             dir.path(),
             cp_addr,
             "vectordb",
-            &[("llm", "llm", llm_in)],
+            vec![upstream("llm", "llm", llm_in)],
             |out| services::vectordb(out[0]),
         )
         .await?;
@@ -224,7 +245,7 @@ impl Demo {
             dir.path(),
             cp_addr,
             "retriever",
-            &[("vectordb", "vectordb", vdb_in)],
+            vec![upstream("vectordb", "vectordb", vdb_in)],
             |out| services::retriever(out[0]),
         )
         .await?;
@@ -237,9 +258,9 @@ impl Demo {
             "app",
             None,
             &[
-                ("retriever", "retriever", ret_in),
-                ("vectordb", "vectordb", vdb_in),
-                ("llm", "llm", llm_in),
+                upstream("retriever", "retriever", ret_in),
+                upstream("vectordb", "vectordb", vdb_in),
+                upstream("llm", "llm", llm_in),
             ],
         )
         .await?;
@@ -307,51 +328,26 @@ impl Demo {
     }
 }
 
-/// Starts a service and its sidecar, wiring the service to the sidecar's outbound
-/// listeners and the sidecar's inbound to the service.
+/// Starts a service and its sidecar. The service must know its sidecar's outbound ports and
+/// the sidecar the service's port, so the outbound ports are reserved first (bind and
+/// release on loopback), then the service starts, then the sidecar binds exactly those ports.
 async fn service_with_sidecar<F, Fut>(
     dir: &Path,
     cp: SocketAddr,
     name: &str,
-    outbound: &[(&str, &str, SocketAddr)],
+    mut outbound: Vec<Upstream<'_>>,
     make: F,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>, Sidecar)>
 where
     F: FnOnce(Vec<SocketAddr>) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)>>,
 {
-    // The service must know the sidecar's outbound ports and the sidecar the service's
-    // port; reserve the outbound ports first (bind-and-release on loopback), then start the
-    // service, then the sidecar on exactly those ports.
-    let mut reserved = Vec::new();
-    for _ in outbound {
+    for u in &mut outbound {
         let l = std::net::TcpListener::bind("127.0.0.1:0").context("reserve a port")?;
-        reserved.push(l.local_addr().context("port")?);
+        u.listen = l.local_addr().context("port")?;
     }
-    let (addr, task) = make(reserved.clone()).await?;
-    let endpoint = format!("unix://{}", socket(dir, name).display());
-    let mut text = format!(
-        "trust_domain = \"{TRUST_DOMAIN}\"\n[identity]\nsource = \"workload-api\"\nendpoint = \"{endpoint}\"\n\
-         [policy]\ncontrol_plane = \"https://{cp}\"\ncache = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [audit]\npath = \"{}\"\n[[inbound]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nforward = \"{addr}\"\n",
-        dir.join(format!("{name}-policy.json")).display(),
-        audit_log(dir, name).display()
-    );
-    for ((listener, upstream, up_addr), local) in outbound.iter().zip(&reserved) {
-        text.push_str(&format!(
-            "[[outbound]]\nname = \"{listener}\"\nlisten = \"{local}\"\nconnect = \"{up_addr}\"\nserver_id = \"{}\"\n",
-            id(upstream)
-        ));
-    }
-    let config =
-        SidecarConfig::from_toml(&format!("{name} sidecar"), &text).map_err(|e| anyhow!("{e}"))?;
-    let source = Box::new(WorkloadApiSource {
-        endpoint: Some(endpoint),
-        spiffe_id: None,
-    });
-    let sidecar = Sidecar::start(&config, source)
-        .await
-        .with_context(|| format!("starting the {name} sidecar"))?;
+    let (addr, task) = make(outbound.iter().map(|u| u.listen).collect()).await?;
+    let sidecar = start_sidecar(dir, cp, name, Some(addr), &outbound).await?;
     Ok((addr, task, sidecar))
 }
 
