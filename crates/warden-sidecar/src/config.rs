@@ -225,7 +225,9 @@ impl SidecarConfig {
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let key = if path == "." {
+            // An unknown key spelled `""` yields an empty path: still name where it is
+            // (found by fuzz/fuzz_targets/sidecar_config.rs).
+            let key = if path == "." || path.is_empty() {
                 "(top level)".to_owned()
             } else {
                 path
@@ -533,5 +535,20 @@ impl Validator<'_> {
                 format!("{other:?}: expected \"workload-api\" or \"files\""),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fuzz regression: `""=""""""` (an unknown, empty key) produced an error with an
+    /// empty key path; every error must say where the problem is.
+    #[test]
+    fn an_empty_unknown_key_is_named_as_top_level() {
+        let e = SidecarConfig::from_toml("f.toml", "\"\"=\"\"\"\"\"\"").expect_err("invalid");
+        assert_eq!(e.key, "(top level)", "{e}");
+        let e = SidecarConfig::from_toml("f.toml", "[limits]\n\"\" = 1\n").expect_err("invalid");
+        assert!(!e.key.is_empty(), "{e}");
     }
 }
