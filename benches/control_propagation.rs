@@ -152,8 +152,8 @@ async fn run(puts: usize) -> (Histogram<u64>, Histogram<u64>, Duration) {
         });
     }
     // The first put doubles as the check that every watcher is subscribed.
-    let mut from_ack = Histogram::<u64>::new(3).expect("histogram");
-    let mut from_send = Histogram::<u64>::new(3).expect("histogram");
+    let mut from_ack = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let mut from_send = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let mut warmed = false;
     let mut setup_time = Duration::ZERO;
     let mut n = 0;
