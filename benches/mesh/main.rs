@@ -50,6 +50,9 @@ struct Options {
     envoy: bool,
     write: bool,
     warden: PathBuf,
+    /// Experiments only: Warden's worker threads / Envoy's `--concurrency` (default: cores).
+    warden_workers: Option<usize>,
+    envoy_concurrency: Option<usize>,
 }
 
 fn options() -> Options {
@@ -82,6 +85,8 @@ fn options() -> Options {
         warden: value("--warden")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_warden"))),
+        warden_workers: value("--warden-workers").and_then(|v| v.parse().ok()),
+        envoy_concurrency: value("--envoy-concurrency").and_then(|v| v.parse().ok()),
     }
 }
 
@@ -95,7 +100,7 @@ fn main() {
     let idle = opts.idle.min((nofile.saturating_sub(1_000) / 2) as usize);
     if idle < opts.idle {
         notes.push(format!(
-            "RLIMIT_NOFILE is {nofile} and could not be raised: idle connections cut to {idle}"
+            "RLIMIT_NOFILE is {nofile} and could not be raised (the hard limit needs CAP_SYS_RESOURCE); each proxy holds two descriptors per connection, so idle connections were cut to {idle}"
         ));
     }
     let ceil_secs = if opts.quick { 1 } else { 2 };
@@ -121,6 +126,13 @@ fn main() {
         .build()
         .expect("client runtime");
     let workers = sys::nproc();
+    if opts.warden_workers.is_some() || opts.envoy_concurrency.is_some() {
+        notes.push(format!(
+            "experiment: Warden worker threads {}, Envoy --concurrency {} (not the matched default)",
+            opts.warden_workers.unwrap_or(workers),
+            opts.envoy_concurrency.unwrap_or(workers)
+        ));
+    }
     let mut samples: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
     for round in 0..opts.rounds {
         let mut kinds = vec![Kind::Direct, Kind::Warden];
@@ -141,13 +153,15 @@ fn main() {
                     entry: app.addr,
                     procs: Vec::new(),
                 }),
-                Kind::Warden => topo::start_warden(&opts.warden, dir.path(), app.addr),
+                Kind::Warden => {
+                    topo::start_warden(&opts.warden, dir.path(), app.addr, opts.warden_workers)
+                }
                 Kind::Envoy => topo::start_envoy(
                     envoy.as_deref().expect("Envoy is listed only when found"),
                     dir.path(),
                     app.addr,
                     KX_GROUP,
-                    workers,
+                    opts.envoy_concurrency.unwrap_or(workers),
                 ),
             };
             live.push(Live {
@@ -222,7 +236,12 @@ fn main() {
             "Envoy".into(),
             envoy_version.map_or_else(
                 || "not run".into(),
-                |v| format!("{v}, `--concurrency {workers}`, stats `reject_all`, no access log"),
+                |v| {
+                    format!(
+                        "{v}, `--concurrency {}`, stats `reject_all`, no access log",
+                        opts.envoy_concurrency.unwrap_or(workers)
+                    )
+                },
             ),
         ),
         (

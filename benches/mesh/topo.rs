@@ -129,7 +129,13 @@ fn ident(dir: &Path, who: &str, file: &str) -> String {
     dir.join(who).join(file).display().to_string()
 }
 
-pub fn start_warden(bin: &Path, dir: &Path, app: SocketAddr) -> Result<Topology, String> {
+/// `workers`: `TOKIO_WORKER_THREADS` for the sidecars (None: tokio's default, one per core).
+pub fn start_warden(
+    bin: &Path,
+    dir: &Path,
+    app: SocketAddr,
+    workers: Option<usize>,
+) -> Result<Topology, String> {
     let (pa, pb) = (free_port(), free_port());
     let common = |who: &str| {
         format!(
@@ -166,6 +172,9 @@ max_connections = 30000
         let mut cmd = Command::new(bin);
         cmd.arg("sidecar").arg("--config").arg(&cfg);
         cmd.env("RUST_LOG", "warn");
+        if let Some(n) = workers {
+            cmd.env("TOKIO_WORKER_THREADS", n.to_string());
+        }
         procs.push(Proc::spawn(name, cmd, dir.join(format!("{name}.log")))?);
     }
     Ok(Topology { entry: pa, procs })
