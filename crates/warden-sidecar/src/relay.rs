@@ -9,7 +9,12 @@
 //! its buffer, i.e. when the peer is streaming. An idle or chatty connection therefore costs
 //! two small buffers, while a bulk transfer gets large reads (fewer syscalls, full TLS
 //! records). Per read, the relay does a couple of relaxed atomic stores and no allocation.
+//!
+//! A small buffer is handed back to a per-thread pool whenever its direction has nothing
+//! buffered and nothing to read, so an idle connection holds no buffer at all, and taking one
+//! again is a pop from that pool rather than an allocation.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -28,6 +33,28 @@ use crate::registry::{CloseReason, ConnStats};
 pub const INITIAL_BUF: usize = 2 * 1024;
 /// Largest buffer per direction, reached only by streams that keep filling it.
 pub const MAX_BUF: usize = 64 * 1024;
+
+/// Small buffers parked per worker thread; bounded so a burst of connections that all went
+/// idle cannot pin memory forever.
+const POOL_MAX: usize = 256;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Vec<u8> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0; INITIAL_BUF])
+}
+
+fn give_buffer(buf: Vec<u8>) {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < POOL_MAX {
+            pool.push(buf);
+        }
+    });
+}
 
 /// One direction of the copy.
 struct Half {
@@ -80,14 +107,18 @@ impl Half {
         loop {
             if self.pos == self.filled && !self.read_done {
                 if self.buf.is_empty() {
-                    self.buf = vec![0; INITIAL_BUF];
+                    self.buf = take_buffer();
                 }
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match r.as_mut().poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
-                        // Nothing more to read right now: push out what was written.
+                        // Nothing more to read right now: push out what was written, and park
+                        // a small buffer (a streaming connection keeps its large one).
+                        if self.buf.len() == INITIAL_BUF {
+                            give_buffer(std::mem::take(&mut self.buf));
+                        }
                         if self.need_flush {
                             ready!(w.as_mut().poll_flush(cx))?;
                             self.need_flush = false;
@@ -118,6 +149,9 @@ impl Half {
                 ready!(w.as_mut().poll_flush(cx))?;
                 ready!(w.as_mut().poll_shutdown(cx))?;
                 self.done = true;
+                if self.buf.len() == INITIAL_BUF {
+                    give_buffer(std::mem::take(&mut self.buf));
+                }
                 return Poll::Ready(Ok(()));
             }
         }
