@@ -11,6 +11,7 @@ use warden_identity::svid::spiffe_id_of;
 use warden_policy::Direction;
 
 use crate::Shared;
+use crate::readahead::ReadAhead;
 use crate::registry::CloseReason;
 
 pub(crate) struct InboundListener {
@@ -32,37 +33,41 @@ pub(crate) async fn serve(
     let _ = tcp.set_nodelay(true);
     let limits = shared.limits;
     let started = std::time::Instant::now();
-    let tls =
-        match tokio::time::timeout(limits.handshake_timeout, listener.acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                let failure = HandshakeFailure::classify_io(&e);
-                shared.telemetry.handshake_failed(
-                    DIR,
-                    &listener.name,
-                    conn_id,
-                    peer_addr,
-                    failure,
-                    &e.to_string(),
-                    None,
-                    started,
-                );
-                return;
-            }
-            Err(_) => {
-                shared.telemetry.handshake_failed(
-                    DIR,
-                    &listener.name,
-                    conn_id,
-                    peer_addr,
-                    HandshakeFailure::Timeout,
-                    "no complete handshake within limits.handshake_timeout",
-                    None,
-                    started,
-                );
-                return;
-            }
-        };
+    let tls = match tokio::time::timeout(
+        limits.handshake_timeout,
+        listener.acceptor.accept(ReadAhead::new(tcp)),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let failure = HandshakeFailure::classify_io(&e);
+            shared.telemetry.handshake_failed(
+                DIR,
+                &listener.name,
+                conn_id,
+                peer_addr,
+                failure,
+                &e.to_string(),
+                None,
+                started,
+            );
+            return;
+        }
+        Err(_) => {
+            shared.telemetry.handshake_failed(
+                DIR,
+                &listener.name,
+                conn_id,
+                peer_addr,
+                HandshakeFailure::Timeout,
+                "no complete handshake within limits.handshake_timeout",
+                None,
+                started,
+            );
+            return;
+        }
+    };
     // The handshake is over: free its slot now, so `max_pending_handshakes` counts only
     // connections still negotiating (the connection slot stays until the task ends).
     let crate::Permits {

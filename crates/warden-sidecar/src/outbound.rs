@@ -13,6 +13,7 @@ use warden_identity::{HandshakeFailure, SpiffeId};
 use warden_policy::{Decision, Direction, Reason};
 
 use crate::Shared;
+use crate::readahead::ReadAhead;
 use crate::registry::CloseReason;
 
 pub(crate) struct OutboundListener {
@@ -84,7 +85,7 @@ pub(crate) async fn serve(
     let started = std::time::Instant::now();
     let handshake = listener
         .connector
-        .connect(listener.server_name.clone(), tcp);
+        .connect(listener.server_name.clone(), ReadAhead::new(tcp));
     let tls = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
