@@ -193,7 +193,39 @@ pub async fn tour(demo: &mut Demo) -> Report {
         }
         Err(e) => r.check("restore", false, e.to_string()),
     }
+    print_counters(demo);
     r
+}
+
+/// The sidecars' own counters after the tour, straight from their metrics registries.
+fn print_counters(demo: &Demo) {
+    println!(
+        "\n4. What the sidecars counted (warden_authz_decisions_total, warden_tls_handshakes_total)"
+    );
+    println!(
+        "     {:<10} {:>8} {:>8} {:>11} {:>9}",
+        "sidecar", "allowed", "denied", "untrusted", "protocol"
+    );
+    for s in demo.services() {
+        let allowed = super::metrics::sum(
+            &s.sidecar,
+            "warden_authz_decisions_total",
+            &[("decision", "allow")],
+        );
+        let denied = super::metrics::sum(
+            &s.sidecar,
+            "warden_authz_decisions_total",
+            &[("decision", "deny")],
+        );
+        println!(
+            "     {:<10} {:>8} {:>8} {:>11} {:>9}",
+            s.name,
+            allowed,
+            denied,
+            handshake_failures(&s.sidecar, "untrusted"),
+            handshake_failures(&s.sidecar, "protocol")
+        );
+    }
 }
 
 pub fn where_next(demo: &Demo) {
