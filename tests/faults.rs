@@ -205,13 +205,15 @@ async fn upstream_app_down_closes_the_connection_with_reason_error() {
         ) == 1
     })
     .await;
-    // The peer was authorized (audited) before the app was tried.
-    let audit = audit_records(&dir.path().join("audit.jsonl"));
-    assert!(
-        audit
+    // The peer was authorized (audited) before the app was tried. The audit writer is
+    // asynchronous, so wait for the record rather than read the file once.
+    let audit_path = dir.path().join("audit.jsonl");
+    wait_until("the allow decision is audited", DEADLINE, || {
+        audit_records(&audit_path)
             .iter()
             .any(|r| r["event"] == "authz" && r["decision"] == "allow")
-    );
+    })
+    .await;
     // The app comes back on the same address: served again.
     let listener = tokio::net::TcpListener::bind(forward)
         .await

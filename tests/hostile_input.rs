@@ -10,6 +10,8 @@ mod harden;
 use common::pki::LeafSpec;
 use common::*;
 use harden::*;
+use std::time::Duration;
+
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -223,19 +225,25 @@ async fn a_thousand_idle_handshakes_do_not_starve_a_good_client() {
         assert_closed_by_server(s).await;
     }
     assert_eq!(t.wait_handshakes("timeout", N as u64).await, N as u64);
-    // The audit log summarizes a flood instead of writing 1,000 lines in one second.
-    let summarized: u64 = audit_records(&t.audit)
-        .iter()
-        .map(|r| match r["event"].as_str() {
-            Some("handshake_failure") if r["reason"] == "timeout" => 1,
-            Some("audit_summary") => r["counts"]
-                .as_array()
-                .map(|c| c.iter().filter_map(|c| c["count"].as_u64()).sum())
-                .unwrap_or(0),
-            _ => 0,
-        })
-        .sum();
-    assert!(summarized > 0, "timeouts are audited");
+    // The audit log summarizes a flood instead of writing 1,000 lines in one second; its
+    // writer is asynchronous, so wait for the records to land.
+    let timeouts_audited = || -> u64 {
+        audit_records(&t.audit)
+            .iter()
+            .map(|r| match r["event"].as_str() {
+                Some("handshake_failure") if r["reason"] == "timeout" => 1,
+                Some("audit_summary") => r["counts"]
+                    .as_array()
+                    .map(|c| c.iter().filter_map(|c| c["count"].as_u64()).sum())
+                    .unwrap_or(0),
+                _ => 0,
+            })
+            .sum()
+    };
+    wait_until("timeouts are audited", Duration::from_secs(20), || {
+        timeouts_audited() > 0
+    })
+    .await;
     t.assert_good_client_served().await;
     assert_eq!(t.app.accepts(), 2);
 }
