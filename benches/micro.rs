@@ -233,9 +233,49 @@ fn tls(c: &mut Criterion) {
     g.finish();
 }
 
+/// What metrics and the audit log cost one connection: every hook a connection goes through
+/// (labels, handshake ok, decision, open, close), with the audit log writing to /dev/null
+/// ("on") or disabled ("metrics only"). Compared in BENCHMARKS.md with the CPU a sidecar
+/// spends per connection in the mesh run, this is the observability overhead.
+fn telemetry(c: &mut Criterion) {
+    use warden_sidecar::audit::{AuditLimits, AuditLog};
+    use warden_sidecar::metrics::Metrics;
+    use warden_sidecar::{CloseReason, Telemetry};
+    let mut g = c.benchmark_group("telemetry");
+    let listener: Arc<str> = Arc::from("http");
+    let peer = SpiffeId::parse(CLIENT_ID).expect("id");
+    let addr: std::net::SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+    let policy = snapshot(vec![Pattern::parse(CLIENT_ID).expect("pattern")]);
+    let audit_on = AuditLog::open(
+        Some(std::path::Path::new("/dev/null")),
+        AuditLimits::default(),
+    )
+    .expect("audit");
+    for (name, audit) in [
+        ("connection_hooks/on", audit_on),
+        ("connection_hooks/metrics_only", AuditLog::disabled()),
+    ] {
+        let t = Telemetry::new(Metrics::new(1024), audit);
+        let mut conn_id = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                conn_id += 1;
+                let labels = t.peer(Direction::Inbound, &listener, &peer);
+                t.handshake_ok(&labels, std::time::Instant::now());
+                let decision = policy.decide(Direction::Inbound, "http", &peer);
+                t.decision(&labels, conn_id, addr, &decision, 1);
+                let meters = t.open(&labels);
+                drop(meters);
+                t.closed(&labels, conn_id, addr, CloseReason::Eof, 1024, 1024);
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = spiffe_id, svid_validation, policy_decision, tls
+    targets = spiffe_id, svid_validation, policy_decision, tls, telemetry
 }
 criterion_main!(benches);
