@@ -159,16 +159,28 @@ impl Sidecar {
         config: &SidecarConfig,
         source: Box<dyn SvidSource>,
     ) -> Result<Self, StartError> {
+        let telemetry = Telemetry::new(
+            metrics::Metrics::new(config.peer_id_limit),
+            audit::AuditLog::open(config.audit_path.as_deref(), Default::default())?,
+        );
+        Self::start_with_telemetry(config, source, telemetry).await
+    }
+
+    /// [`Sidecar::start`] with a given telemetry sink; benchmarks use it to compare against
+    /// [`Telemetry::off`].
+    #[doc(hidden)]
+    pub async fn start_with_telemetry(
+        config: &SidecarConfig,
+        source: Box<dyn SvidSource>,
+        telemetry: Telemetry,
+    ) -> Result<Self, StartError> {
         let identity = IdentityStore::new();
         let shared = Arc::new(Shared {
             identity: identity.clone(),
             policy: ArcSwap::from_pointee(initial_policy(config)),
             outbound_policy: config.policy.control_plane.is_some(),
             registry: Arc::new(Registry::default()),
-            telemetry: Telemetry::new(
-                metrics::Metrics::new(config.peer_id_limit),
-                audit::AuditLog::open(config.audit_path.as_deref(), Default::default())?,
-            ),
+            telemetry,
             limits: config.limits,
             permits: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),

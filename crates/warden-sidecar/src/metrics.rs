@@ -403,6 +403,15 @@ pub struct ConnMeters {
 }
 
 impl ConnMeters {
+    /// Handles registered nowhere: what an off [`crate::Telemetry`] hands out.
+    pub(crate) fn detached() -> Self {
+        Self {
+            _open: OpenGuard(Gauge::default()),
+            rx: Counter::default(),
+            tx: Counter::default(),
+        }
+    }
+
     /// Wraps the peer-side stream so that every read and write lands directly in
     /// `warden_connection_bytes_total`: live connections show up in scrapes, not only at close.
     pub fn meter<S>(&self, inner: S) -> MeteredIo<S> {

@@ -28,6 +28,9 @@ pub struct Telemetry {
 struct Inner {
     metrics: Metrics,
     audit: AuditLog,
+    /// Benchmarks only ([`Telemetry::off`]): every hook returns at once. A running sidecar
+    /// never has this set; its decisions are always counted and audited (invariant 8).
+    off: bool,
     /// The SPIFFE ID whose expiry the gauge currently shows (replaced on an ID change).
     svid_id: Mutex<Option<Arc<str>>>,
 }
@@ -49,6 +52,21 @@ impl Telemetry {
             inner: Arc::new(Inner {
                 metrics,
                 audit,
+                off: false,
+                svid_id: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Records nothing at all: the baseline for measuring what metrics and the audit log
+    /// cost (`cargo bench --bench telemetry_overhead`). Never used by `warden sidecar`.
+    #[doc(hidden)]
+    pub fn off() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                metrics: Metrics::new(1),
+                audit: AuditLog::disabled(),
+                off: true,
                 svid_id: Mutex::new(None),
             }),
         }
@@ -64,6 +82,14 @@ impl Telemetry {
 
     /// Resolves a connection's labels (one capped `peer_id` lookup).
     pub fn peer(&self, direction: Direction, listener: &Arc<str>, peer: &SpiffeId) -> PeerLabels {
+        if self.inner.off {
+            return PeerLabels {
+                direction: direction.as_str(),
+                listener: listener.clone(),
+                peer_label: listener.clone(),
+                peer: peer.clone(),
+            };
+        }
         PeerLabels {
             direction: direction.as_str(),
             listener: listener.clone(),
@@ -73,6 +99,9 @@ impl Telemetry {
     }
 
     pub fn handshake_ok(&self, p: &PeerLabels, started: Instant) {
+        if self.inner.off {
+            return;
+        }
         self.inner.metrics.handshake(
             p.direction,
             p.listener.clone(),
@@ -96,6 +125,9 @@ impl Telemetry {
         expected: Option<&SpiffeId>,
         started: Instant,
     ) {
+        if self.inner.off {
+            return;
+        }
         let peer_label = match expected {
             Some(id) => self.inner.metrics.peer_label(id.as_str()),
             None => Arc::from(UNKNOWN_PEER),
@@ -129,6 +161,9 @@ impl Telemetry {
         decision: &Decision<'_>,
         policy_version: u64,
     ) {
+        if self.inner.off {
+            return;
+        }
         let verdict = decision.as_label();
         let rule = match decision.reason {
             Reason::Matched { rule } => Some(rule.to_owned()),
@@ -159,6 +194,9 @@ impl Telemetry {
     /// The connection starts relaying: counts it open until the returned handles drop, and
     /// hands out the byte counters (see [`ConnMeters::meter`]).
     pub fn open(&self, p: &PeerLabels) -> ConnMeters {
+        if self.inner.off {
+            return ConnMeters::detached();
+        }
         self.inner
             .metrics
             .open(p.direction, p.listener.clone(), p.peer_label.clone())
@@ -173,6 +211,9 @@ impl Telemetry {
         rx: u64,
         tx: u64,
     ) {
+        if self.inner.off {
+            return;
+        }
         self.inner
             .metrics
             .closed(p.direction, p.listener.clone(), reason.as_label());
@@ -210,6 +251,9 @@ impl Telemetry {
         peer_addr: SocketAddr,
         limit: &'static str,
     ) {
+        if self.inner.off {
+            return;
+        }
         self.inner.metrics.closed(
             direction.as_str(),
             listener.clone(),
@@ -229,6 +273,9 @@ impl Telemetry {
 
     /// A new SVID was installed.
     pub fn svid_loaded(&self, source: &str, identity: &Identity) {
+        if self.inner.off {
+            return;
+        }
         let id: Arc<str> = Arc::from(identity.spiffe_id().as_str());
         let expiry = identity
             .not_after()
@@ -254,6 +301,9 @@ impl Telemetry {
 
     /// The source offered an SVID that failed validation; the previous one stays.
     pub fn svid_rejected(&self, source: &str, reason: &str) {
+        if self.inner.off {
+            return;
+        }
         self.inner.metrics.rotation("rejected");
         self.inner.audit.emit(Record {
             decision: Some("rejected"),
@@ -266,6 +316,9 @@ impl Telemetry {
     /// swaps in). `result` is `ok`, or why the update was replaced by deny-all (`invalid`);
     /// unknown values are counted as `error` so the label set stays fixed.
     pub fn policy_update(&self, result: &str, version: u64, source: &str, revoked: usize) {
+        if self.inner.off {
+            return;
+        }
         let result = match result {
             "ok" => "ok",
             "invalid" => "invalid",
@@ -286,11 +339,17 @@ impl Telemetry {
 
     /// The enforced policy's version, without counting an update (start-up).
     pub fn set_policy_version(&self, version: u64) {
+        if self.inner.off {
+            return;
+        }
         self.inner.metrics.set_policy_version(version);
     }
 
     /// `warden_control_plane_connected`: set by the control-plane watch client.
     pub fn control_plane_connected(&self, connected: bool) {
+        if self.inner.off {
+            return;
+        }
         self.inner.metrics.set_control_plane_connected(connected);
     }
 }
