@@ -353,3 +353,39 @@ impl Telemetry {
         self.inner.metrics.set_control_plane_connected(connected);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed_total(t: &Telemetry) -> bool {
+        t.metrics()
+            .encode()
+            .map(|text| {
+                text.lines().any(|l| {
+                    l.starts_with("warden_connections_closed_total{") && !l.ends_with(" 0")
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn only_the_benchmark_baseline_records_nothing() {
+        let listener: Arc<str> = Arc::from("http");
+        let peer = SpiffeId::parse("spiffe://example.org/a").expect("id");
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let on = Telemetry::new(Metrics::new(8), AuditLog::disabled());
+        let labels = on.peer(Direction::Inbound, &listener, &peer);
+        on.closed(&labels, 1, addr, CloseReason::Eof, 1, 1);
+        assert!(closed_total(&on), "a normal sink must count the close");
+        let off = Telemetry::off();
+        let labels = off.peer(Direction::Inbound, &listener, &peer);
+        off.closed(&labels, 1, addr, CloseReason::Eof, 1, 1);
+        assert!(!closed_total(&off), "the off baseline counted something");
+        // The default sink (what a sidecar gets unless a benchmark asks) is on.
+        let default = Telemetry::default();
+        let labels = default.peer(Direction::Inbound, &listener, &peer);
+        default.closed(&labels, 1, addr, CloseReason::Eof, 1, 1);
+        assert!(closed_total(&default));
+    }
+}
