@@ -33,35 +33,17 @@ pub(crate) async fn serve(
     let _ = tcp.set_nodelay(true);
     let limits = shared.limits;
     let started = std::time::Instant::now();
-    let tls = match tokio::time::timeout(
-        limits.handshake_timeout,
-        listener.acceptor.accept(ReadAhead::new(tcp)),
-    )
-    .await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let failure = HandshakeFailure::classify_io(&e);
+    let handshake = listener.acceptor.accept(ReadAhead::new(tcp));
+    let tls = match crate::tls::timed_handshake(limits.handshake_timeout, handshake).await {
+        Ok(tls) => tls,
+        Err((failure, detail)) => {
             shared.telemetry.handshake_failed(
                 DIR,
                 &listener.name,
                 conn_id,
                 peer_addr,
                 failure,
-                &e.to_string(),
-                None,
-                started,
-            );
-            return;
-        }
-        Err(_) => {
-            shared.telemetry.handshake_failed(
-                DIR,
-                &listener.name,
-                conn_id,
-                peer_addr,
-                HandshakeFailure::Timeout,
-                "no complete handshake within limits.handshake_timeout",
+                &detail,
                 None,
                 started,
             );

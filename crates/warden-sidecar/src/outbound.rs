@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use warden_identity::{HandshakeFailure, SpiffeId};
+use warden_identity::SpiffeId;
 use warden_policy::{Decision, Direction, Reason};
 
 use crate::Shared;
@@ -86,30 +86,16 @@ pub(crate) async fn serve(
     let handshake = listener
         .connector
         .connect(listener.server_name.clone(), ReadAhead::new(tcp));
-    let tls = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let failure = HandshakeFailure::classify_io(&e);
+    let tls = match crate::tls::timed_handshake(limits.handshake_timeout, handshake).await {
+        Ok(tls) => tls,
+        Err((failure, detail)) => {
             shared.telemetry.handshake_failed(
                 DIR,
                 &listener.name,
                 conn_id,
                 upstream_addr,
                 failure,
-                &e.to_string(),
-                Some(&listener.server_id),
-                started,
-            );
-            return;
-        }
-        Err(_) => {
-            shared.telemetry.handshake_failed(
-                DIR,
-                &listener.name,
-                conn_id,
-                upstream_addr,
-                HandshakeFailure::Timeout,
-                "no complete handshake within limits.handshake_timeout",
+                &detail,
                 Some(&listener.server_id),
                 started,
             );

@@ -49,3 +49,20 @@ pub fn server_name(connect: &str) -> ServerName<'static> {
     ServerName::try_from(host.to_owned())
         .unwrap_or_else(|_| ServerName::try_from("warden.invalid").expect("static name is valid"))
 }
+
+/// Runs a TLS handshake under `limit`; a failure comes back classified for metrics and
+/// audit, with a detail for the record.
+pub(crate) async fn timed_handshake<T>(
+    limit: std::time::Duration,
+    handshake: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, (warden_identity::HandshakeFailure, String)> {
+    use warden_identity::HandshakeFailure;
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err((HandshakeFailure::classify_io(&e), e.to_string())),
+        Err(_) => Err((
+            HandshakeFailure::Timeout,
+            "no complete handshake within limits.handshake_timeout".to_owned(),
+        )),
+    }
+}
