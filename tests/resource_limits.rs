@@ -108,7 +108,7 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     let mut p = SidecarProcess::start(
         &ca,
         app.addr,
-        "[limits]\nhandshake_timeout = \"120s\"",
+        "[limits]\nhandshake_timeout = \"120s\"\nworkers = 2",
         Some(64),
         &[],
     );
@@ -145,9 +145,10 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     assert!(p.exited().is_none(), "sidecar died; log:\n{}", p.log());
     let episode = first.elapsed().as_secs_f64();
     let failures = accept_failures(&p.log()).len();
-    // Doubling from 5 ms to the 1 s cap is 9 retries, then one per second. A spinning loop
-    // would log thousands per second; allow generous slack for scheduling.
-    let bound = 12 + 2 * episode.ceil() as usize;
+    // Doubling from 5 ms to the 1 s cap is 9 retries, then one per second, for each of the
+    // 2 workers' accept loops. A spinning loop would log thousands per second; allow
+    // generous slack for scheduling.
+    let bound = 2 * (12 + 2 * episode.ceil() as usize);
     assert!(
         failures <= bound,
         "{failures} accept failures in {episode:.1}s (bound {bound}): the accept loop spins"

@@ -215,6 +215,11 @@ fn invalid_configs_exit_non_zero_naming_the_key_and_problem() {
             "not a duration",
         ),
         (
+            base("[limits]\nworkers = 1000\n[[inbound]]\nname = \"h\"\nlisten = \"127.0.0.1:0\"\nforward = \"127.0.0.1:1\"\n"),
+            "limits.workers",
+            "at most 64",
+        ),
+        (
             "trust_domain = \"Bad Domain\"\n[identity]\nsource = \"files\"\n".to_owned(),
             "trust_domain",
             "contains ' '",

@@ -190,6 +190,7 @@ fn connections(shared: &Shared) -> Value {
                 "age_secs": c.age_secs,
                 "rx_bytes": c.rx_bytes,
                 "tx_bytes": c.tx_bytes,
+                "worker": c.worker,
             })
         })
         .collect();

@@ -104,6 +104,7 @@ struct RawLimits {
     idle_timeout: Option<String>,
     max_connections: Option<usize>,
     max_pending_handshakes: Option<usize>,
+    workers: Option<usize>,
 }
 
 /// Where the sidecar's SVID comes from.
@@ -155,6 +156,28 @@ pub struct Limits {
     /// refused at accept (`warden_connections_closed_total{reason="limit"}`) instead of
     /// holding sockets and handshake state up to `max_connections`.
     pub max_pending_handshakes: usize,
+    /// Data-plane threads (`limits.workers`); 0 means one per CPU the process may use
+    /// (cgroup CPU quota included). Each runs its own event loop and accept sockets, and a
+    /// connection stays on the thread that accepted it. See [`Limits::worker_threads`].
+    pub workers: usize,
+}
+
+/// Upper bound on `limits.workers`: more threads than this never helps a sidecar, and a
+/// typo such as `workers = 10000` should not start ten thousand threads.
+pub const MAX_WORKERS: usize = 64;
+
+impl Limits {
+    /// How many data-plane threads to run: `workers`, or with 0 the CPUs available to the
+    /// process (so a pod limited to one CPU gets one thread), at least 1.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(MAX_WORKERS),
+            n => n,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -165,6 +188,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(3600),
             max_connections: 10_000,
             max_pending_handshakes: 1024,
+            workers: 0,
         }
     }
 }
@@ -455,6 +479,16 @@ impl Validator<'_> {
                 }
                 Some(n) => n,
                 None => d.max_pending_handshakes,
+            },
+            workers: match raw.limits.workers {
+                Some(n) if n > MAX_WORKERS => {
+                    return Err(self.e(
+                        "limits.workers",
+                        format!("must be at most {MAX_WORKERS} (0 = one per CPU)"),
+                    ));
+                }
+                Some(n) => n,
+                None => d.workers,
             },
         };
         Ok(SidecarConfig {

@@ -19,6 +19,7 @@ pub mod registry;
 mod relay;
 pub mod telemetry;
 pub mod tls;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub enum StartError {
     Tls(#[from] rustls::Error),
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    #[error("data-plane worker: {0}")]
+    Worker(String),
 }
 
 /// State shared by every connection task.
@@ -133,10 +136,10 @@ pub struct Sidecar {
     shared: Arc<Shared>,
     inbound_addrs: Vec<(String, SocketAddr)>,
     outbound_addrs: Vec<(String, SocketAddr)>,
-    listeners: JoinSet<()>,
+    /// The data-plane threads; they own the listening sockets and the connections.
+    workers: workers::Workers,
     _identity_task: tokio::task::JoinHandle<()>,
     watch_task: Option<tokio::task::JoinHandle<()>>,
-    stop: watch::Sender<bool>,
     admin_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     /// Admin servers; dropping the set (with the `Sidecar`) aborts them.
@@ -185,40 +188,39 @@ impl Sidecar {
             permits: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
         });
-        let (stop, stop_rx) = watch::channel(false);
-        let mut listeners = JoinSet::new();
+        let worker_count = config.limits.worker_threads();
+        let mut groups = Vec::new();
         let server_config = tls::server_config(&identity)?;
         let mut inbound_addrs = Vec::new();
         for l in &config.inbound {
-            let tcp = bind(&l.name, l.listen).await?;
-            inbound_addrs.push((l.name.clone(), tcp.local_addr().unwrap_or(l.listen)));
+            let (addr, sockets) = workers::bind_group(&l.name, l.listen, worker_count)?;
+            inbound_addrs.push((l.name.clone(), addr));
             let listener = Arc::new(inbound::InboundListener {
                 name: l.name.as_str().into(),
                 forward: l.forward.clone(),
                 acceptor: TlsAcceptor::from(server_config.clone()),
             });
-            let shared = shared.clone();
-            listeners.spawn(accept_loop(
-                tcp,
-                stop_rx.clone(),
-                shared.clone(),
-                (warden_policy::Direction::Inbound, l.name.as_str().into()),
-                true,
-                move |stream, addr, permit| {
+            let conn_shared = shared.clone();
+            groups.push(workers::ListenerGroup {
+                sockets,
+                direction: warden_policy::Direction::Inbound,
+                name: l.name.as_str().into(),
+                handshake_limit: true,
+                serve: Arc::new(move |stream, addr, permits| {
                     tokio::spawn(inbound::serve(
-                        shared.clone(),
+                        conn_shared.clone(),
                         listener.clone(),
                         stream,
                         addr,
-                        permit,
+                        permits,
                     ));
-                },
-            ));
+                }),
+            });
         }
         let mut outbound_addrs = Vec::new();
         for l in &config.outbound {
-            let tcp = bind(&l.name, l.listen).await?;
-            outbound_addrs.push((l.name.clone(), tcp.local_addr().unwrap_or(l.listen)));
+            let (addr, sockets) = workers::bind_group(&l.name, l.listen, worker_count)?;
+            outbound_addrs.push((l.name.clone(), addr));
             let listener = Arc::new(outbound::OutboundListener {
                 name: l.name.as_str().into(),
                 connect: l.connect.clone(),
@@ -226,26 +228,27 @@ impl Sidecar {
                 server_name: tls::server_name(&l.connect),
                 connector: TlsConnector::from(tls::client_config(&identity, &l.server_id)?),
             });
-            let shared = shared.clone();
-            listeners.spawn(accept_loop(
-                tcp,
-                stop_rx.clone(),
-                shared.clone(),
-                (warden_policy::Direction::Outbound, l.name.as_str().into()),
+            let conn_shared = shared.clone();
+            groups.push(workers::ListenerGroup {
+                sockets,
+                direction: warden_policy::Direction::Outbound,
+                name: l.name.as_str().into(),
                 // Outbound handshakes are ours to start, after the app connected over
                 // loopback; `max_connections` bounds them.
-                false,
-                move |stream, addr, permit| {
+                handshake_limit: false,
+                serve: Arc::new(move |stream, addr, permits| {
                     tokio::spawn(outbound::serve(
-                        shared.clone(),
+                        conn_shared.clone(),
                         listener.clone(),
                         stream,
                         addr,
-                        permit,
+                        permits,
                     ));
-                },
-            ));
+                }),
+            });
         }
+        let workers = workers::Workers::start(shared.clone(), groups, worker_count).await?;
+        tracing::debug!(workers = workers.count(), "data-plane workers started");
         let mut admin_tasks = JoinSet::new();
         let admin_tcp = admin::bind("admin.listen", config.admin_listen).await?;
         let admin_addr = admin_tcp.local_addr().unwrap_or(config.admin_listen);
@@ -277,10 +280,9 @@ impl Sidecar {
             shared,
             inbound_addrs,
             outbound_addrs,
-            listeners,
+            workers,
             _identity_task: identity_task,
             watch_task,
-            stop,
             admin_addr,
             metrics_addr,
             _admin: admin_tasks,
@@ -349,10 +351,9 @@ impl Sidecar {
     /// Stops accepting, lets open connections finish for up to `grace`, then closes the rest
     /// (reason `drain`) and waits briefly for them to be counted.
     pub async fn shutdown(mut self, grace: Duration) {
-        let _ = self.stop.send(true);
-        // Joining the accept loops drops the listening sockets: new connections are refused
-        // by the kernel from here on.
-        while self.listeners.join_next().await.is_some() {}
+        // Once the accept loops have ended their listening sockets are closed: new
+        // connections are refused by the kernel from here on.
+        self.workers.stop_accepting().await;
         let all = self.shared.limits.max_connections;
         // Every connection task holds a permit, also while still in its handshake (those are
         // not in the registry yet), so "all permits back" means nothing is open.
@@ -382,16 +383,6 @@ pub fn default_control_plane_id(
         trust_domain.id_string()
     ))
     .expect("trust domain + fixed path is a valid SPIFFE ID")
-}
-
-async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            listener: name.to_owned(),
-            addr,
-            source,
-        })
 }
 
 /// Accepts until told to stop. Accept errors (out of file descriptors, most often) back off

@@ -62,6 +62,7 @@ struct Entry {
     peer: SpiffeId,
     peer_addr: SocketAddr,
     opened: Instant,
+    worker: Option<usize>,
     stats: Arc<ConnStats>,
     close: Option<oneshot::Sender<CloseReason>>,
 }
@@ -77,6 +78,8 @@ pub struct ConnectionInfo {
     pub age_secs: f64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// The data-plane worker thread serving the connection (`None` outside a worker).
+    pub worker: Option<usize>,
 }
 
 #[derive(Default)]
@@ -142,6 +145,7 @@ impl Registry {
                 peer,
                 peer_addr,
                 opened: Instant::now(),
+                worker: crate::workers::current(),
                 stats: stats.clone(),
                 close,
             },
@@ -211,6 +215,7 @@ impl Registry {
                 age_secs: now.duration_since(e.opened).as_secs_f64(),
                 rx_bytes: e.stats.rx(),
                 tx_bytes: e.stats.tx(),
+                worker: e.worker,
             })
             .collect();
         list.sort_by_key(|c| c.id);

@@ -45,10 +45,15 @@ pub fn main() -> ExitCode {
     // Long-running processes log at info; one-shot commands only when something is wrong.
     let quiet = !matches!(cli.command, Command::Sidecar(_) | Command::ControlPlane(_));
     init_logging(if quiet { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The sidecar moves bytes on its own worker threads (one runtime per core, see
+    // `warden_sidecar`); its main runtime only runs the admin API, policy pushes and SVID
+    // rotation, which one thread serves without idle pool threads.
+    let mut builder = if matches!(cli.command, Command::Sidecar(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
