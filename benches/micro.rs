@@ -52,6 +52,17 @@ fn svid_validation(c: &mut Criterion) {
             .expect("valid SVID")
         })
     });
+    // What a handshake pays for a peer whose chain it has seen before (`Identity::
+    // validate_peer`: a SHA-256 of the chain and a map lookup instead of the ECDSA check).
+    let ours = ca.identity(SERVER_ID, &[]);
+    ours.validate_peer(&leaf.chain[0], &[], now, Usage::Client)
+        .expect("valid SVID");
+    g.bench_function("validate_peer_remembered", |b| {
+        b.iter(|| {
+            ours.validate_peer(black_box(&leaf.chain[0]), &[], now, Usage::Client)
+                .expect("valid SVID")
+        })
+    });
     g.bench_function("spiffe_id_of", |b| {
         b.iter(|| svid::spiffe_id_of(black_box(&leaf.chain[0])).expect("has an ID"))
     });

@@ -174,3 +174,63 @@ fn a_leaf_is_checked_only_against_its_own_trust_domains_bundle() {
     assert!(check(&[&a, &b], &a.svid("spiffe://a.example/x"), Usage::Client).is_ok());
     assert!(check(&[&a, &b], &b.svid("spiffe://b.example/y"), Usage::Client).is_ok());
 }
+
+/// `Identity::validate_peer` remembers chains that passed, so a returning peer skips the
+/// chain signature check. What must hold on every handshake still does: the time, the exact
+/// bytes of the chain, and the bundles of the identity in force.
+#[test]
+fn a_remembered_chain_is_still_checked_for_time_bytes_and_current_bundles() {
+    use std::time::Duration as StdDuration;
+    let ca = Ca::new(TD);
+    let ours = ca.identity(&id("/ns/rag/sa/vectordb"), &[]);
+    let spec = LeafSpec::id(&id("/ns/rag/sa/retriever"));
+    let peer = ca.issue(&spec);
+    let now = UnixTime::now();
+    let as_client = |identity: &warden_identity::Identity, at: UnixTime| {
+        identity.validate_peer(&peer.chain[0], &peer.chain[1..], at, Usage::Client)
+    };
+
+    assert_eq!(
+        as_client(&ours, now).expect("valid").to_string(),
+        id("/ns/rag/sa/retriever")
+    );
+    assert_eq!(ours.validated_chains(), 1, "a valid chain is remembered");
+    assert!(as_client(&ours, now).is_ok());
+    assert_eq!(
+        ours.validated_chains(),
+        1,
+        "the second check is answered from memory"
+    );
+
+    // Time: past the leaf's notAfter (1 h) the remembered chain no longer counts.
+    let later = UnixTime::since_unix_epoch(StdDuration::from_secs(now.as_secs() + 2 * 3600));
+    assert_eq!(as_client(&ours, later), Err(SvidError::Expired));
+    assert!(
+        as_client(&ours, now).is_ok(),
+        "still fine at the present time"
+    );
+
+    // Bytes: the same SPIFFE ID from a CA outside the bundle is refused, whatever is
+    // remembered for the genuine chain.
+    let rogue = Ca::new(TD).issue(&spec);
+    let forged = ours.validate_peer(&rogue.chain[0], &rogue.chain[1..], now, Usage::Client);
+    assert!(
+        matches!(forged, Err(SvidError::Untrusted { .. })),
+        "forged chain: {forged:?}"
+    );
+
+    // Bundles: once the identity in force trusts another CA only (a bundle update), the
+    // chain remembered under the old bundles is refused.
+    let new_ca = Ca::new(TD);
+    let rotated = new_ca.identity(&id("/ns/rag/sa/vectordb"), &[]);
+    let after_rotation = as_client(&rotated, now);
+    assert!(
+        matches!(after_rotation, Err(SvidError::Untrusted { .. })),
+        "chain of a CA no longer trusted: {after_rotation:?}"
+    );
+    assert_eq!(
+        rotated.validated_chains(),
+        0,
+        "failures are never remembered"
+    );
+}

@@ -16,6 +16,7 @@ use x509_parser::prelude::FromDer;
 use crate::bundle::BundleSet;
 use crate::spiffe_id::SpiffeId;
 use crate::svid::{self, SvidError, Usage};
+use crate::validated::ValidatedChains;
 
 #[derive(Debug, Error)]
 pub enum IdentityError {
@@ -36,6 +37,9 @@ pub struct Identity {
     not_before: SystemTime,
     not_after: SystemTime,
     bundles: BundleSet,
+    /// Peer chains already validated against `bundles` (see `validated.rs`); it lives and
+    /// dies with this identity, so a bundle update starts from an empty cache.
+    validated: ValidatedChains,
 }
 
 impl std::fmt::Debug for Identity {
@@ -88,6 +92,7 @@ impl Identity {
             not_before,
             not_after,
             bundles,
+            validated: ValidatedChains::default(),
         })
     }
 
@@ -113,6 +118,25 @@ impl Identity {
 
     pub fn bundles(&self) -> &BundleSet {
         &self.bundles
+    }
+
+    /// Validates a peer's chain against this identity's bundles ([`crate::svid::validate`]),
+    /// remembering chains that passed so the next handshake of the same peer skips the chain
+    /// signature check (never the handshake's own signature, nor the time check).
+    pub fn validate_peer(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: Usage,
+    ) -> Result<SpiffeId, SvidError> {
+        self.validated
+            .validate(leaf, intermediates, &self.bundles, now, usage)
+    }
+
+    /// Peer chains currently remembered by [`Identity::validate_peer`].
+    pub fn validated_chains(&self) -> usize {
+        self.validated.len()
     }
 
     pub fn is_expired_at(&self, now: SystemTime) -> bool {

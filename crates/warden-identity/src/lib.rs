@@ -13,6 +13,7 @@ pub mod resolver;
 pub mod source;
 pub mod spiffe_id;
 pub mod svid;
+mod validated;
 pub mod verifier;
 
 pub use bundle::{Bundle, BundleError, BundleSet};

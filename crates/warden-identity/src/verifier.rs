@@ -16,7 +16,7 @@ use rustls::{
 
 use crate::identity::IdentityStore;
 use crate::spiffe_id::SpiffeId;
-use crate::svid::{self, SvidError, Usage};
+use crate::svid::{SvidError, Usage};
 
 /// aws-lc-rs with AES-GCM first: it has hardware support on every server CPU we target.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -143,14 +143,9 @@ impl ClientCertVerifier for SvidClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let identity = self.store.load().ok_or_else(|| reject(no_identity()))?;
-        svid::validate(
-            end_entity,
-            intermediates,
-            identity.bundles(),
-            now,
-            Usage::Client,
-        )
-        .map_err(reject)?;
+        identity
+            .validate_peer(end_entity, intermediates, now, Usage::Client)
+            .map_err(reject)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -205,14 +200,9 @@ impl ServerCertVerifier for SvidServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let identity = self.store.load().ok_or_else(|| reject(no_identity()))?;
-        let presented = svid::validate(
-            end_entity,
-            intermediates,
-            identity.bundles(),
-            now,
-            Usage::Server,
-        )
-        .map_err(reject)?;
+        let presented = identity
+            .validate_peer(end_entity, intermediates, now, Usage::Server)
+            .map_err(reject)?;
         if presented != self.expected {
             return Err(reject(SvidError::IdentityMismatch {
                 expected: self.expected.to_string(),
