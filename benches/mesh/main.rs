@@ -1,6 +1,7 @@
 //! End-to-end benchmark of one service-to-service hop on 127.0.0.1, side by side:
 //!
 //! - direct: client -> app
+//! - TCP relay: client -> relay -> relay -> app, plain TCP (the floor of any proxy pair)
 //! - Warden: client -> `warden sidecar` (outbound) -> mTLS -> `warden sidecar` (inbound) -> app
 //! - Envoy:  client -> Envoy (tcp_proxy, upstream TLS) -> mTLS -> Envoy (RBAC, tcp_proxy) -> app
 //!
@@ -18,6 +19,7 @@
 mod pki;
 
 mod load;
+mod relay;
 mod report;
 mod sys;
 mod topo;
@@ -91,6 +93,17 @@ fn options() -> Options {
 }
 
 fn main() {
+    // Re-run as one of the plain relays of the floor topology.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--plain-relay") {
+        let addr = |i: usize| -> std::net::SocketAddr {
+            args.get(i)
+                .and_then(|a| a.parse().ok())
+                .expect("--plain-relay LISTEN CONNECT WORKERS")
+        };
+        let workers = args.get(4).and_then(|w| w.parse().ok()).unwrap_or(1);
+        relay::run(addr(2), addr(3), workers);
+    }
     let opts = options();
     let started = Instant::now();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -135,7 +148,7 @@ fn main() {
     }
     let mut samples: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
     for round in 0..opts.rounds {
-        let mut kinds = vec![Kind::Direct, Kind::Warden];
+        let mut kinds = vec![Kind::Direct, Kind::Relay, Kind::Warden];
         if envoy.is_some() {
             kinds.push(Kind::Envoy);
         }
@@ -153,6 +166,9 @@ fn main() {
                     entry: app.addr,
                     procs: Vec::new(),
                 }),
+                Kind::Relay => {
+                    topo::start_relay(app.addr, dir.path(), opts.warden_workers.unwrap_or(workers))
+                }
                 Kind::Warden => {
                     topo::start_warden(&opts.warden, dir.path(), app.addr, opts.warden_workers)
                 }
@@ -192,7 +208,7 @@ fn main() {
                     phase
                 );
                 let result = match &mut l.topology {
-                    Ok(t) => run_phase(&rt, &opts, &app, t, idle, *phase, &mut l.sample),
+                    Ok(t) => run_phase(&rt, &opts, &app, (l.kind, t), idle, *phase, &mut l.sample),
                     Err(e) => Err(e.clone()),
                 };
                 if let Err(e) = result {
@@ -227,7 +243,7 @@ fn main() {
         (
             "Warden".into(),
             format!(
-                "{} (the `warden` binary of this build), tokio multi-thread runtime, {workers} workers (one per core)",
+                "{} (the `warden` binary of this build), {workers} data-plane workers (`limits.workers`: thread per core, one single-threaded runtime and SO_REUSEPORT accept socket each)",
                 warden_version.unwrap_or_default(),
             ),
         ),
@@ -323,7 +339,7 @@ fn run_phase(
     rt: &tokio::runtime::Runtime,
     opts: &Options,
     app: &load::App,
-    t: &mut Topology,
+    (kind, t): (Kind, &mut Topology),
     idle: usize,
     phase: Phase,
     s: &mut Sample,
@@ -341,7 +357,9 @@ fn run_phase(
                 return Err(format!("not ready: {e}; logs: {}", logs.join(" | ")));
             }
             s.loadavg = sys::loadavg();
-            if !proxied {
+            // The relay is a floor for CPU and latency, not for memory (it keeps two 64 KiB
+            // buffers per connection): its RSS would say nothing.
+            if !proxied || kind == Kind::Relay {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_secs(1));

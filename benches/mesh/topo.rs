@@ -1,4 +1,5 @@
-//! The three topologies (direct, two Warden sidecars, two Envoys), their certificates and
+//! The topologies (direct, two plain TCP relays, two Warden sidecars, two Envoys), their
+//! certificates and
 //! configs, and the child processes, which are killed when their guard drops (also when the
 //! harness panics).
 
@@ -15,6 +16,8 @@ pub const SERVER_ID: &str = "spiffe://example.org/bench/server";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Direct,
+    /// Two plain TCP relays (`relay.rs`): the floor of any proxy pair on this machine.
+    Relay,
     Warden,
     Envoy,
 }
@@ -23,6 +26,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
+            Kind::Relay => "TCP relay",
             Kind::Warden => "Warden",
             Kind::Envoy => "Envoy",
         }
@@ -129,7 +133,7 @@ fn ident(dir: &Path, who: &str, file: &str) -> String {
     dir.join(who).join(file).display().to_string()
 }
 
-/// `workers`: `TOKIO_WORKER_THREADS` for the sidecars (None: tokio's default, one per core).
+/// `workers`: `[limits] workers` of the sidecars (None: the default, one per core).
 pub fn start_warden(
     bin: &Path,
     dir: &Path,
@@ -151,7 +155,9 @@ listen = "127.0.0.1:0"
 path = "/dev/null"
 [limits]
 max_connections = 30000
+workers = {workers}
 "#,
+            workers = workers.unwrap_or(0),
             cert = ident(dir, who, "tls.crt"),
             key = ident(dir, who, "tls.key"),
             ca = ident(dir, who, "ca.crt"),
@@ -172,9 +178,23 @@ max_connections = 30000
         let mut cmd = Command::new(bin);
         cmd.arg("sidecar").arg("--config").arg(&cfg);
         cmd.env("RUST_LOG", "warn");
-        if let Some(n) = workers {
-            cmd.env("TOKIO_WORKER_THREADS", n.to_string());
-        }
+        procs.push(Proc::spawn(name, cmd, dir.join(format!("{name}.log")))?);
+    }
+    Ok(Topology { entry: pa, procs })
+}
+
+/// client -> relay -> relay -> app, both relays being this harness re-run with
+/// `--plain-relay`.
+pub fn start_relay(app: SocketAddr, dir: &Path, workers: usize) -> Result<Topology, String> {
+    let (pa, pb) = (free_port(), free_port());
+    let exe = std::env::current_exe().map_err(|e| format!("the harness's own path: {e}"))?;
+    let mut procs = Vec::new();
+    for (name, listen, connect) in [("relay-client", pa, pb), ("relay-server", pb, app)] {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--plain-relay")
+            .arg(listen.to_string())
+            .arg(connect.to_string())
+            .arg(workers.to_string());
         procs.push(Proc::spawn(name, cmd, dir.join(format!("{name}.log")))?);
     }
     Ok(Topology { entry: pa, procs })
