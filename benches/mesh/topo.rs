@@ -133,7 +133,8 @@ fn ident(dir: &Path, who: &str, file: &str) -> String {
     dir.join(who).join(file).display().to_string()
 }
 
-/// `workers`: `[limits] workers` of the sidecars (None: the default, one per core).
+/// `workers`: `[limits] workers` of the sidecars (None: 0, one per core, like Envoy's
+/// `--concurrency` in the harness).
 pub fn start_warden(
     bin: &Path,
     dir: &Path,

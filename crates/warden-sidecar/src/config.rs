@@ -156,26 +156,37 @@ pub struct Limits {
     /// refused at accept (`warden_connections_closed_total{reason="limit"}`) instead of
     /// holding sockets and handshake state up to `max_connections`.
     pub max_pending_handshakes: usize,
-    /// Data-plane threads (`limits.workers`); 0 means one per CPU the process may use
-    /// (cgroup CPU quota included). Each runs its own event loop and accept sockets, and a
-    /// connection stays on the thread that accepted it. See [`Limits::worker_threads`].
-    pub workers: usize,
+    /// Data-plane threads (`limits.workers`): `None` (unset) means one per CPU the process
+    /// may use, at most [`DEFAULT_MAX_WORKERS`]; `Some(0)` one per CPU with no such cap.
+    /// Each worker runs its own event loop and accept sockets, and a connection stays on
+    /// the thread that accepted it. See [`Limits::worker_threads`].
+    pub workers: Option<usize>,
 }
 
 /// Upper bound on `limits.workers`: more threads than this never helps a sidecar, and a
 /// typo such as `workers = 10000` should not start ten thousand threads.
 pub const MAX_WORKERS: usize = 64;
 
+/// Workers when `limits.workers` is unset. A sidecar shares its pod with the app it serves,
+/// and a pod without a CPU limit sees every core of the node: one thread per core of a
+/// 64-core node would cost memory on every pod of the fleet for capacity a sidecar rarely
+/// needs (Istio's sidecars default to 2 workers for the same reason). Set `workers` to
+/// raise it.
+pub const DEFAULT_MAX_WORKERS: usize = 2;
+
 impl Limits {
-    /// How many data-plane threads to run: `workers`, or with 0 the CPUs available to the
-    /// process (so a pod limited to one CPU gets one thread), at least 1.
+    /// How many data-plane threads to run (at least 1). CPUs available to the process
+    /// include its cgroup CPU quota, so a pod limited to one CPU gets one worker.
     pub fn worker_threads(&self) -> usize {
-        match self.workers {
-            0 => std::thread::available_parallelism()
+        let cpus = || {
+            std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
-                .min(MAX_WORKERS),
-            n => n,
+        };
+        match self.workers {
+            None => cpus().min(DEFAULT_MAX_WORKERS),
+            Some(0) => cpus().min(MAX_WORKERS),
+            Some(n) => n,
         }
     }
 }
@@ -188,7 +199,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(3600),
             max_connections: 10_000,
             max_pending_handshakes: 1024,
-            workers: 0,
+            workers: None,
         }
     }
 }
@@ -487,8 +498,7 @@ impl Validator<'_> {
                         format!("must be at most {MAX_WORKERS} (0 = one per CPU)"),
                     ));
                 }
-                Some(n) => n,
-                None => d.workers,
+                n => n,
             },
         };
         Ok(SidecarConfig {
@@ -584,5 +594,30 @@ mod tests {
         assert_eq!(e.key, "(top level)", "{e}");
         let e = SidecarConfig::from_toml("f.toml", "[limits]\n\"\" = 1\n").expect_err("invalid");
         assert!(!e.key.is_empty(), "{e}");
+    }
+
+    #[test]
+    fn workers_default_to_the_cpus_up_to_two_and_zero_means_every_cpu() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let with = |workers| Limits {
+            workers,
+            ..Limits::default()
+        };
+        assert_eq!(Limits::default().workers, None);
+        assert_eq!(with(None).worker_threads(), cpus.min(DEFAULT_MAX_WORKERS));
+        assert_eq!(with(Some(0)).worker_threads(), cpus.min(MAX_WORKERS));
+        assert_eq!(with(Some(3)).worker_threads(), 3);
+        let base = "trust_domain = \"example.org\"\n[identity]\nsource = \"files\"\ncert = \"c\"\nkey = \"k\"\nbundle = \"b\"\n[[inbound]]\nname = \"h\"\nlisten = \"127.0.0.1:0\"\nforward = \"127.0.0.1:1\"\n";
+        let parsed = |extra: &str| SidecarConfig::from_toml("f.toml", &format!("{base}{extra}"));
+        assert_eq!(parsed("").expect("valid").limits.workers, None);
+        assert_eq!(
+            parsed("[limits]\nworkers = 0\n")
+                .expect("valid")
+                .limits
+                .workers,
+            Some(0)
+        );
+        let e = parsed("[limits]\nworkers = 65\n").expect_err("too many");
+        assert_eq!(e.key, "limits.workers", "{e}");
     }
 }
