@@ -73,7 +73,7 @@ fn options() -> Options {
         quick,
         rounds: value("--rounds")
             .and_then(|v| v.parse().ok())
-            .unwrap_or(if quick { 1 } else { 3 }),
+            .unwrap_or(if quick { 1 } else { 5 }),
         rates: vec![1_000, 5_000],
         warmup: secs(1, 1),
         latency: secs(10, 3),
