@@ -195,9 +195,10 @@ fn a_remembered_chain_is_still_checked_for_time_bytes_and_current_bundles() {
         id("/ns/rag/sa/retriever")
     );
     assert_eq!(ours.validated_chains(), 1, "a valid chain is remembered");
+    assert_eq!(ours.validated_chain_hits(), 0);
     assert!(as_client(&ours, now).is_ok());
     assert_eq!(
-        ours.validated_chains(),
+        ours.validated_chain_hits(),
         1,
         "the second check is answered from memory"
     );
@@ -209,6 +210,24 @@ fn a_remembered_chain_is_still_checked_for_time_bytes_and_current_bundles() {
         as_client(&ours, now).is_ok(),
         "still fine at the present time"
     );
+    // Before the leaf's notBefore, likewise.
+    let earlier = UnixTime::since_unix_epoch(StdDuration::from_secs(now.as_secs() - 2 * 86_400));
+    assert_eq!(as_client(&ours, earlier), Err(SvidError::NotYetValid));
+
+    // The same leaf with other intermediates is another chain: checked in full. A peer that
+    // keeps changing them (junk is ignored by path building) only replaces its own entry.
+    let hits = ours.validated_chain_hits();
+    for _ in 0..5 {
+        let junk = Ca::new(TD).cert.clone();
+        let with_junk = ours.validate_peer(&peer.chain[0], &[junk], now, Usage::Client);
+        assert!(with_junk.is_ok(), "{with_junk:?}");
+    }
+    assert_eq!(
+        ours.validated_chain_hits(),
+        hits,
+        "other intermediates never hit"
+    );
+    assert_eq!(ours.validated_chains(), 1, "one entry per leaf");
 
     // Bytes: the same SPIFFE ID from a CA outside the bundle is refused, whatever is
     // remembered for the genuine chain.

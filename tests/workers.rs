@@ -87,14 +87,25 @@ async fn connections_spread_over_every_worker_and_all_are_relayed() {
     assert_eq!(workers_of(&a), BTreeSet::from([0, 1]), "A's workers");
     assert_eq!(app.accepts(), 64);
 
-    // A connection stays on its worker: every one still relays after the others moved data.
-    for (i, mut s) in conns.into_iter().enumerate() {
+    // A connection stays on its worker: after every one moved data again, each is still
+    // listed on the worker that accepted it.
+    let placement = |sidecar: &warden_sidecar::Sidecar| -> Vec<(u64, Option<usize>)> {
+        sidecar
+            .connections()
+            .iter()
+            .map(|c| (c.id, c.worker))
+            .collect()
+    };
+    let before = placement(&b);
+    let mut conns = conns;
+    for (i, s) in conns.iter_mut().enumerate() {
         let msg = format!("again {i:04}");
         s.write_all(msg.as_bytes()).await.expect("write");
         let mut back = vec![0u8; msg.len()];
         s.read_exact(&mut back).await.expect("echo");
         assert_eq!(back, msg.as_bytes());
     }
+    assert_eq!(placement(&b), before, "a connection moved between workers");
 }
 
 #[tokio::test]
@@ -165,5 +176,44 @@ async fn dropping_a_sidecar_closes_its_listeners_and_connections() {
             matches!(n, Ok(0) | Err(_)),
             "connection still relays: {n:?}"
         );
+    }
+}
+
+#[tokio::test]
+async fn shutdown_with_several_workers_refuses_new_connections_and_drains_open_ones() {
+    let (_app, a, b) = hop(2, 2).await;
+    let out = a.outbound_addr("svc").expect("a outbound");
+    let b_addr = b.inbound_addr("http").expect("b inbound");
+    let mut conns = open_echoing(out, 6).await;
+    wait_until("B lists the 6 connections", Duration::from_secs(10), || {
+        b.connections().len() == 6
+    })
+    .await;
+    let draining = tokio::spawn(b.shutdown(Duration::from_millis(300)));
+    // Every worker's accept socket closes: the port refuses (or resets) new connections.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(b_addr).await {
+            Err(_) => break,
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "B still accepts after shutdown began"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // The open connections end after the grace period (closed with reason `drain`).
+    tokio::time::timeout(Duration::from_secs(10), draining)
+        .await
+        .expect("shutdown returns")
+        .expect("shutdown task");
+    for s in &mut conns {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("connection ends in time");
+        assert!(matches!(n, Ok(0) | Err(_)), "still open after drain: {n:?}");
     }
 }

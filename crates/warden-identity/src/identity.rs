@@ -139,6 +139,11 @@ impl Identity {
         self.validated.len()
     }
 
+    /// How many [`Identity::validate_peer`] calls were answered from memory.
+    pub fn validated_chain_hits(&self) -> u64 {
+        self.validated.hits()
+    }
+
     pub fn is_expired_at(&self, now: SystemTime) -> bool {
         now >= self.not_after
     }

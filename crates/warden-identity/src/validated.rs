@@ -15,12 +15,17 @@
 //! - trust: the cache belongs to one [`crate::Identity`], i.e. to one bundle set. A bundle
 //!   update or an SVID rotation installs a new identity with an empty cache.
 //!
-//! Entries are keyed by SHA-256 over the usage and every certificate's DER (with lengths),
-//! so only the byte-identical chain can hit. Only successes are cached; failures always take
-//! the full path (and their exact reason). The cache is bounded and simply cleared when full.
+//! Entries are keyed by a SHA-256 over the usage and the leaf's DER; each entry also holds a
+//! SHA-256 of the intermediates presented with it, and a lookup hits only when both match,
+//! so only the byte-identical chain can hit. One entry per leaf: a peer that varies the
+//! intermediates it sends (junk ones are ignored by path building) replaces its own entry
+//! and cannot push other peers out; growing the map takes distinct valid SVIDs. Only
+//! successes are cached; failures always take the full path (and their exact reason). The
+//! cache is bounded and simply cleared when full.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lc_rs::digest;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -36,6 +41,8 @@ const CAPACITY: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct Valid {
+    /// SHA-256 of the intermediates presented with the leaf (see `intermediates_hash`).
+    intermediates: [u8; 32],
     id: SpiffeId,
     /// The latest `notBefore` and earliest `notAfter` of the chain, in Unix seconds.
     not_before: u64,
@@ -45,6 +52,8 @@ struct Valid {
 #[derive(Debug, Default)]
 pub(crate) struct ValidatedChains {
     map: Mutex<HashMap<[u8; 32], Valid>>,
+    /// Lookups answered from the cache (for tests and debugging).
+    hits: AtomicU64,
 }
 
 impl ValidatedChains {
@@ -59,12 +68,15 @@ impl ValidatedChains {
         now: UnixTime,
         usage: Usage,
     ) -> Result<SpiffeId, SvidError> {
-        let key = chain_key(usage, leaf, intermediates);
+        let key = leaf_key(usage, leaf);
+        let chain = intermediates_hash(intermediates);
         let secs = now.as_secs();
         if let Some(valid) = self.lock().get(&key)
+            && valid.intermediates == chain
             && valid.not_before <= secs
             && secs <= valid.not_after
         {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(valid.id.clone());
         }
         let id = svid::validate(leaf, intermediates, bundles, now, usage)?;
@@ -78,6 +90,7 @@ impl ValidatedChains {
             map.insert(
                 key,
                 Valid {
+                    intermediates: chain,
                     id: id.clone(),
                     not_before,
                     not_after,
@@ -92,29 +105,41 @@ impl ValidatedChains {
         self.lock().len()
     }
 
+    /// Lookups answered from memory so far.
+    pub(crate) fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Valid>> {
         // Single inserts and lookups cannot leave the map inconsistent.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn chain_key(
-    usage: Usage,
-    leaf: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-) -> [u8; 32] {
+fn leaf_key(usage: Usage, leaf: &CertificateDer<'_>) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(&[match usage {
         Usage::Client => 1,
         Usage::Server => 2,
     }]);
-    for der in std::iter::once(leaf).chain(intermediates) {
+    ctx.update(leaf);
+    finish(ctx)
+}
+
+fn intermediates_hash(intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for der in intermediates {
+        // Length-prefixed, so the boundaries between certificates are part of the hash.
         ctx.update(&(der.len() as u64).to_be_bytes());
         ctx.update(der);
     }
-    let mut key = [0u8; 32];
-    key.copy_from_slice(ctx.finish().as_ref());
-    key
+    finish(ctx)
+}
+
+fn finish(ctx: digest::Context) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// The intersection of the validity periods of the leaf and the intermediates.

@@ -33,10 +33,13 @@ pub(crate) async fn serve(
     let _ = tcp.set_nodelay(true);
     let limits = shared.limits;
     let started = std::time::Instant::now();
-    let handshake = listener.acceptor.accept(ReadAhead::new(tcp));
+    let handshake = listener
+        .acceptor
+        .accept(ReadAhead::new(tcp))
+        .into_fallible();
     let tls = match crate::tls::timed_handshake(limits.handshake_timeout, handshake).await {
         Ok(tls) => tls,
-        Err((failure, detail)) => {
+        Err((failure, detail, socket)) => {
             shared.telemetry.handshake_failed(
                 DIR,
                 &listener.name,
@@ -47,6 +50,8 @@ pub(crate) async fn serve(
                 None,
                 started,
             );
+            // Closed only now, after the failure is counted and audited.
+            drop(socket);
             return;
         }
     };

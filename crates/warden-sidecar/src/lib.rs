@@ -424,7 +424,11 @@ async fn accept_loop(
                 }
                 Err(e) => {
                     tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
+                    // A stop during the back-off ends the loop at once.
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }

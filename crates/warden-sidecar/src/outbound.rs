@@ -85,10 +85,11 @@ pub(crate) async fn serve(
     let started = std::time::Instant::now();
     let handshake = listener
         .connector
-        .connect(listener.server_name.clone(), ReadAhead::new(tcp));
+        .connect(listener.server_name.clone(), ReadAhead::new(tcp))
+        .into_fallible();
     let tls = match crate::tls::timed_handshake(limits.handshake_timeout, handshake).await {
         Ok(tls) => tls,
-        Err((failure, detail)) => {
+        Err((failure, detail, socket)) => {
             shared.telemetry.handshake_failed(
                 DIR,
                 &listener.name,
@@ -99,6 +100,8 @@ pub(crate) async fn serve(
                 Some(&listener.server_id),
                 started,
             );
+            // Closed only now, after the failure is counted and audited.
+            drop(socket);
             return;
         }
     };

@@ -50,19 +50,25 @@ pub fn server_name(connect: &str) -> ServerName<'static> {
         .unwrap_or_else(|_| ServerName::try_from("warden.invalid").expect("static name is valid"))
 }
 
-/// Runs a TLS handshake under `limit`; a failure comes back classified for metrics and
-/// audit, with a detail for the record.
-pub(crate) async fn timed_handshake<T>(
+/// A failed handshake: its classification, a detail for the audit record, and the socket
+/// when the handshake handed it back (not after a timeout), so that the caller records the
+/// failure *before* closing it: whoever sees the close can already read the metric.
+pub(crate) type HandshakeError<IO> = (warden_identity::HandshakeFailure, String, Option<IO>);
+
+/// Runs a TLS handshake (a tokio-rustls `into_fallible()` future) under `limit`; a failure
+/// comes back classified for metrics and audit, with a detail for the record.
+pub(crate) async fn timed_handshake<T, IO>(
     limit: std::time::Duration,
-    handshake: impl std::future::Future<Output = std::io::Result<T>>,
-) -> Result<T, (warden_identity::HandshakeFailure, String)> {
+    handshake: impl std::future::Future<Output = Result<T, (std::io::Error, IO)>>,
+) -> Result<T, HandshakeError<IO>> {
     use warden_identity::HandshakeFailure;
     match tokio::time::timeout(limit, handshake).await {
         Ok(Ok(tls)) => Ok(tls),
-        Ok(Err(e)) => Err((HandshakeFailure::classify_io(&e), e.to_string())),
+        Ok(Err((e, io))) => Err((HandshakeFailure::classify_io(&e), e.to_string(), Some(io))),
         Err(_) => Err((
             HandshakeFailure::Timeout,
             "no complete handshake within limits.handshake_timeout".to_owned(),
+            None,
         )),
     }
 }

@@ -16,7 +16,11 @@
 //! `SO_REUSEPORT` would let a second process of the same user join a listener's port and take
 //! a share of its connections without any error. Before binding the group, a probe socket
 //! without `SO_REUSEPORT` binds the address, so a port already in use (by another sidecar
-//! started with the same config, say) still fails start-up with "address in use".
+//! started with the same config, say) still fails start-up with "address in use". The probe
+//! stays bound until the group listens, so with port 0 no other socket can be handed the
+//! port in between. What remains: two processes of the same user starting at the same
+//! instant on the same fixed port can both pass their probes (Envoy's `reuse_port` has the
+//! same property); the kernel never lets another user join.
 
 use std::cell::Cell;
 use std::io;
@@ -33,6 +37,10 @@ use crate::{Permits, Shared, StartError};
 
 /// Listen backlog of each accept socket (tokio's default for `TcpListener::bind`).
 const BACKLOG: u32 = 1024;
+
+/// How long a stopping worker waits for its blocking tasks (DNS lookups) before leaving
+/// them behind.
+const SHUTDOWN_BLOCKING_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 thread_local! {
     /// The index of the worker running on this thread.
@@ -79,12 +87,11 @@ pub(crate) fn bind_group(
         return Ok((bound, vec![listener.into_std().map_err(fail)?]));
     }
     // The probe: fails like a plain bind would if anything listens on the address, also
-    // another process's SO_REUSEPORT group.
-    let bound = {
-        let probe = new_socket(addr, false).map_err(fail)?;
-        probe.bind(addr).map_err(fail)?;
-        probe.local_addr().map_err(fail)?
-    };
+    // another process's SO_REUSEPORT group. It is not listening and has SO_REUSEADDR, so the
+    // group below can bind beside it; it is dropped once the group listens.
+    let probe = new_socket(addr, false).map_err(fail)?;
+    probe.bind(addr).map_err(fail)?;
+    let bound = probe.local_addr().map_err(fail)?;
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
         let socket = new_socket(bound, true).map_err(fail)?;
@@ -92,6 +99,7 @@ pub(crate) fn bind_group(
         let listener = socket.listen(BACKLOG).map_err(fail)?;
         sockets.push(listener.into_std().map_err(fail)?);
     }
+    drop(probe);
     Ok((bound, sockets))
 }
 
@@ -262,5 +270,9 @@ impl Worker {
                 () = accept_loops => {}
             }
         });
+        // Dropping the runtime drops the connection tasks (closing their sockets) but would
+        // also wait, without limit, for blocking work such as a DNS lookup of an outbound
+        // `connect` name; `Workers::drop` joins this thread, so bound that wait.
+        runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
     }
 }
