@@ -616,7 +616,8 @@ async fn connections_over_the_limit_are_counted_as_limit() {
     let ca = Ca::new(TD);
     let app = EchoApp::start().await;
     let toml = format!(
-        "{}\n[limits]\nmax_connections = 1\n",
+        // One worker, so connections are accepted in the order they arrive.
+        "{}\n[limits]\nmax_connections = 1\nworkers = 1\n",
         inbound_config(app.addr, &[id("/a")])
     );
     let b = sidecar(&toml, ca.identity(&id("/b"), &[])).await;

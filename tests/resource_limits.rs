@@ -17,7 +17,11 @@ use warden_sidecar::SidecarConfig;
 
 #[tokio::test]
 async fn connections_over_max_pending_handshakes_are_refused_at_once_then_served_again() {
-    let t = Target::start("handshake_timeout = \"60s\"\nmax_pending_handshakes = 4").await;
+    // One worker: with several, each has its own accept socket and the fifth connection may
+    // be accepted before one of the first four, which would then be the one refused. The
+    // limit is shared by all workers either way; this test is about the limit.
+    let t =
+        Target::start("handshake_timeout = \"60s\"\nmax_pending_handshakes = 4\nworkers = 1").await;
     let mut idle = Vec::new();
     for _ in 0..4 {
         idle.push(TcpStream::connect(t.addr).await.expect("connect"));
