@@ -97,7 +97,7 @@ pub async fn tour(demo: &mut Demo) -> Report {
             continue;
         };
         let res = http::get(out, "/search?q=secrets").await;
-        let denied = denials(&demo.app.sidecar, "outbound") > before;
+        let denied = counted_above(before, || denials(&demo.app.sidecar, "outbound")).await;
         r.check(
             &format!("egress app -> {target}"),
             res.is_err() && denied,
@@ -119,7 +119,8 @@ pub async fn tour(demo: &mut Demo) -> Report {
         .await;
         r.check(
             "ingress with app's SVID",
-            res.is_err() && denials(&demo.vectordb.sidecar, "inbound") > before,
+            res.is_err()
+                && counted_above(before, || denials(&demo.vectordb.sidecar, "inbound")).await,
             format!(
                 "a direct mTLS call to vectordb presenting {} was closed after authorization",
                 id("app")
@@ -133,7 +134,11 @@ pub async fn tour(demo: &mut Demo) -> Report {
         };
         r.check(
             "another trust domain",
-            outcome.is_err() && handshake_failures(&demo.vectordb.sidecar, "untrusted") > before,
+            outcome.is_err()
+                && counted_above(before, || {
+                    handshake_failures(&demo.vectordb.sidecar, "untrusted")
+                })
+                .await,
             "spiffe://evil.example/ns/rag/sa/retriever failed the handshake (untrusted)",
         );
 
@@ -141,7 +146,11 @@ pub async fn tour(demo: &mut Demo) -> Report {
         let plain = plaintext_probe(addr).await;
         r.check(
             "plaintext",
-            !plain && handshake_failures(&demo.vectordb.sidecar, "protocol") > before,
+            !plain
+                && counted_above(before, || {
+                    handshake_failures(&demo.vectordb.sidecar, "protocol")
+                })
+                .await,
             "an HTTP request in cleartext to vectordb's inbound port was dropped",
         );
     } else {
@@ -313,6 +322,17 @@ async fn mtls_get(
 }
 
 /// True if a cleartext HTTP request got an HTTP answer.
+/// Whether `count()` rises above `before` within two seconds. A sidecar records a refusal on
+/// its worker thread, and the refused peer may see its connection end (a TLS alert is sent
+/// before the failure surfaces) a moment before the count moves.
+async fn counted_above(before: u64, mut count: impl FnMut() -> u64) -> bool {
+    super::wait_for("the refusal to be counted", Duration::from_secs(2), || {
+        count() > before
+    })
+    .await
+    .is_ok()
+}
+
 async fn plaintext_probe(addr: std::net::SocketAddr) -> bool {
     let work = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
