@@ -14,6 +14,7 @@ pub mod control;
 mod inbound;
 pub mod metrics;
 mod outbound;
+mod pool;
 mod readahead;
 pub mod registry;
 mod relay;

@@ -13,28 +13,20 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::pool::{Pool, Slots};
+
 /// One read of the socket: two full TLS records.
 const AHEAD: usize = 34 * 1024;
-/// Buffers parked per worker thread.
-const POOL_MAX: usize = 32;
-
 thread_local! {
-    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SLOTS: Slots = const { RefCell::new(Vec::new()) };
 }
 
-fn take() -> Vec<u8> {
-    POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0; AHEAD])
-}
-
-fn give(buf: Vec<u8>) {
-    POOL.with(|p| {
-        let mut pool = p.borrow_mut();
-        if pool.len() < POOL_MAX {
-            pool.push(buf);
-        }
-    });
-}
+/// Read-ahead buffers, 32 parked per worker thread.
+const POOL: Pool = Pool {
+    slots: &SLOTS,
+    size: AHEAD,
+    max: 32,
+};
 
 /// A transport that reads ahead for small reads.
 pub struct ReadAhead<S> {
@@ -56,7 +48,7 @@ impl<S> ReadAhead<S> {
 
     fn release(&mut self) {
         if !self.buf.is_empty() {
-            give(std::mem::take(&mut self.buf));
+            POOL.give(std::mem::take(&mut self.buf));
         }
         self.pos = 0;
         self.filled = 0;
@@ -83,7 +75,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
             if this.buf.is_empty() {
-                this.buf = take();
+                this.buf = POOL.take();
             }
             let mut rb = ReadBuf::new(&mut this.buf);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {

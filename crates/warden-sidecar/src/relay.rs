@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::pool::{Pool, Slots};
 use crate::registry::{CloseReason, ConnStats};
 
 /// First buffer size per direction: enough for a typical request or response header.
@@ -34,27 +35,16 @@ pub const INITIAL_BUF: usize = 2 * 1024;
 /// Largest buffer per direction, reached only by streams that keep filling it.
 pub const MAX_BUF: usize = 64 * 1024;
 
-/// Small buffers parked per worker thread; bounded so a burst of connections that all went
-/// idle cannot pin memory forever.
-const POOL_MAX: usize = 256;
-
 thread_local! {
-    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SLOTS: Slots = const { RefCell::new(Vec::new()) };
 }
 
-fn take_buffer() -> Vec<u8> {
-    POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0; INITIAL_BUF])
-}
-
-fn give_buffer(buf: Vec<u8>) {
-    POOL.with(|p| {
-        let mut pool = p.borrow_mut();
-        if pool.len() < POOL_MAX {
-            pool.push(buf);
-        }
-    });
-}
+/// Small relay buffers parked per worker thread.
+const POOL: Pool = Pool {
+    slots: &SLOTS,
+    size: INITIAL_BUF,
+    max: 256,
+};
 
 /// One direction of the copy.
 struct Half {
@@ -107,7 +97,7 @@ impl Half {
         loop {
             if self.pos == self.filled && !self.read_done {
                 if self.buf.is_empty() {
-                    self.buf = take_buffer();
+                    self.buf = POOL.take();
                 }
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match r.as_mut().poll_read(cx, &mut rb) {
@@ -117,7 +107,7 @@ impl Half {
                         // Nothing more to read right now: push out what was written, and park
                         // a small buffer (a streaming connection keeps its large one).
                         if self.buf.len() == INITIAL_BUF {
-                            give_buffer(std::mem::take(&mut self.buf));
+                            POOL.give(std::mem::take(&mut self.buf));
                         }
                         if self.need_flush {
                             ready!(w.as_mut().poll_flush(cx))?;
@@ -150,7 +140,7 @@ impl Half {
                 ready!(w.as_mut().poll_shutdown(cx))?;
                 self.done = true;
                 if self.buf.len() == INITIAL_BUF {
-                    give_buffer(std::mem::take(&mut self.buf));
+                    POOL.give(std::mem::take(&mut self.buf));
                 }
                 return Poll::Ready(Ok(()));
             }
