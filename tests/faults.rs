@@ -292,3 +292,95 @@ async fn sigterm_stops_accepting_drains_open_connections_then_exits_zero() {
     assert!(status.success(), "exit status {status}; log:\n{}", p.log());
     assert!(p.log().contains("shutting down"), "{}", p.log());
 }
+
+/// A policy cache path reused by another workload (a copied volume, a shared hostPath): the
+/// cache was written for vectordb, and llm's sidecar starts on it with the control plane
+/// down. llm must not enforce vectordb's allowlist: nothing from the cache is enforced,
+/// the refusal is counted (`warden_policy_updates_total{result="rejected"}`) and audited with
+/// the reason, and vectordb itself, restarted on the same file, still uses it.
+#[tokio::test]
+async fn a_cache_written_for_another_workload_is_ignored_at_start_up_and_the_own_cache_is_used() {
+    let ca = Ca::new(TD);
+    let mut cp = CpProcess::start(&ca);
+    let mut admin = cp.admin().await;
+    let app = EchoApp::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cache = dir.path().join("policy.json");
+    let vectordb = sidecar(
+        &watched_inbound_config(app.addr, &cp.url(), &cache),
+        ca.identity(&id("/vectordb"), &[]),
+    )
+    .await;
+    let v1 = put(&mut admin, inbound_policy("/vectordb", &["/app"]), None)
+        .await
+        .expect("put");
+    wait_until("vectordb's policy applied", DEADLINE, || {
+        vectordb.policy().version() >= v1
+    })
+    .await;
+    wait_until("cache written", DEADLINE, || {
+        std::fs::read_to_string(&cache).is_ok_and(|c| c.contains("vectordb"))
+    })
+    .await;
+    cp.kill9();
+    drop(vectordb);
+
+    // llm starts on vectordb's cache, with the control plane away.
+    let audit = dir.path().join("audit.jsonl");
+    let llm_config = format!(
+        "{}\n[audit]\npath = \"{}\"\n",
+        watched_inbound_config(app.addr, &cp.url(), &cache),
+        audit.display()
+    );
+    let llm = sidecar(&llm_config, ca.identity(&id("/llm"), &[])).await;
+    assert_ne!(
+        llm.policy().source(),
+        warden_policy::PolicySource::Cache,
+        "a foreign cache is in force"
+    );
+    let addr = llm.inbound_addr("http").expect("inbound");
+    assert!(
+        call(&ca, addr, "/app", b"no").await.is_err(),
+        "vectordb's allowlist was enforced at llm"
+    );
+    assert_eq!(app.accepts(), 0);
+    let rejected = metric(
+        &llm.telemetry().metrics().encode().expect("encode"),
+        "warden_policy_updates_total",
+        &[("result", "rejected")],
+    );
+    assert_eq!(rejected, 1);
+    let vectordb_id = id("/vectordb");
+    wait_until(
+        "the ignored cache is audited with its reason",
+        DEADLINE,
+        || {
+            audit_records(&audit).iter().any(|r| {
+                r["event"] == "policy"
+                    && r["decision"] == "rejected"
+                    && r["reason"]
+                        .as_str()
+                        .is_some_and(|why| why.contains(&vectordb_id) && why.contains("/llm"))
+            })
+        },
+    )
+    .await;
+    drop(llm);
+
+    // vectordb restarted on its own cache still enforces it.
+    let vectordb = sidecar(
+        &watched_inbound_config(app.addr, &cp.url(), &cache),
+        ca.identity(&id("/vectordb"), &[]),
+    )
+    .await;
+    assert_eq!(
+        vectordb.policy().source(),
+        warden_policy::PolicySource::Cache
+    );
+    assert_eq!(vectordb.policy().version(), v1);
+    let addr = vectordb.inbound_addr("http").expect("inbound");
+    assert_eq!(
+        call(&ca, addr, "/app", b"own").await.expect("own cache"),
+        b"own"
+    );
+}

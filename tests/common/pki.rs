@@ -16,6 +16,9 @@ pub struct Ca {
     params: CertificateParams,
     key: KeyPair,
     pub cert: CertificateDer<'static>,
+    /// For an intermediate: itself and the intermediates above it (the root excluded), as
+    /// an SVID it issues presents them after the leaf.
+    above: Vec<CertificateDer<'static>>,
 }
 
 /// How to make a leaf; `Default` is a valid SVID.
@@ -58,14 +61,22 @@ impl Svid {
 
 impl Ca {
     pub fn new(trust_domain: &str) -> Self {
+        Self::root_with_key_usage(
+            trust_domain,
+            vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ],
+        )
+    }
+
+    /// A root CA (cA=true) with the given keyUsage bits (empty: no keyUsage extension).
+    pub fn root_with_key_usage(trust_domain: &str, key_usages: Vec<KeyUsagePurpose>) -> Self {
         let key = KeyPair::generate().expect("generate CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages = key_usages;
         params
             .distinguished_name
             .push(DnType::CommonName, format!("{trust_domain} test CA"));
@@ -80,6 +91,37 @@ impl Ca {
             cert: cert.der().clone(),
             params,
             key,
+            above: Vec::new(),
+        }
+    }
+
+    /// An intermediate CA (cA=true) issued by this CA, with the given keyUsage bits (empty:
+    /// no keyUsage extension). SVIDs it issues carry it in their chain; bundles still take
+    /// the root.
+    pub fn intermediate(&self, name: &str, key_usages: Vec<KeyUsagePurpose>) -> Self {
+        let key = KeyPair::generate().expect("generate intermediate key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = key_usages;
+        params.use_authority_key_identifier_extension = true;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{}", self.trust_domain)
+                .try_into()
+                .expect("uri"),
+        )];
+        params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
+        params.not_after = OffsetDateTime::now_utc() + Duration::days(1);
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("sign intermediate");
+        let mut above = vec![cert.der().clone()];
+        above.extend(self.above.iter().cloned());
+        Self {
+            trust_domain: self.trust_domain.clone(),
+            cert: cert.der().clone(),
+            params,
+            key,
+            above,
         }
     }
 
@@ -106,8 +148,10 @@ impl Ca {
         }
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer).expect("sign leaf");
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.above.iter().cloned());
         Svid {
-            chain: vec![cert.der().clone()],
+            chain,
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
         }
     }

@@ -244,6 +244,8 @@ pub struct SidecarProcess {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The metrics-only listener (`[admin] metrics_listen`), as a pod exposes it.
+    pub metrics: SocketAddr,
     child: Option<std::process::Child>,
 }
 
@@ -263,6 +265,7 @@ impl SidecarProcess {
         ca.write_files(&ca.svid(&id("/ns/rag/sa/vectordb")), &ident);
         let addr = crate::common::control::free_port();
         let admin = crate::common::control::free_port();
+        let metrics = crate::common::control::free_port();
         let config = format!(
             r#"
 trust_domain = "{TD}"
@@ -278,6 +281,7 @@ forward = "{forward}"
 allow = ["{good}"]
 [admin]
 listen = "{admin}"
+metrics_listen = "{metrics}"
 [audit]
 path = "{audit}"
 {extra}
@@ -313,6 +317,7 @@ path = "{audit}"
             dir,
             addr,
             admin,
+            metrics,
             child: Some(child),
         }
     }

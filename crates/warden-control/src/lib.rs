@@ -11,6 +11,7 @@
 pub mod ca;
 pub mod ca_source;
 pub mod config;
+mod h2_authority;
 pub mod policy_service;
 pub mod server;
 pub mod store;

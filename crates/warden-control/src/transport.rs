@@ -123,7 +123,8 @@ pub fn incoming(
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         let reason = HandshakeFailure::classify_io(&e).as_label();
-                        tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = reason, error = %e, "control-plane handshake failed");
+                        let error = HandshakeFailure::describe_io(&e);
+                        tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = reason, %error, "control-plane handshake failed");
                         return;
                     }
                     Err(_) => {

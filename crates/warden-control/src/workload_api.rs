@@ -39,6 +39,7 @@ use warden_proto::workload::{
 
 use crate::ca::{BuiltinCa, CaError, IssuedSvid, TrustBundles};
 use crate::config::WorkloadRegistration;
+use crate::h2_authority::AuthorityFix;
 
 /// Retry pace when the CA fails to issue a renewal (the current SVID stays served meanwhile).
 const ISSUE_RETRY: Duration = Duration::from_secs(1);
@@ -299,7 +300,7 @@ impl Incoming {
 }
 
 impl tokio_stream::Stream for Incoming {
-    type Item = std::io::Result<UnixStream>;
+    type Item = std::io::Result<AuthorityFix<UnixStream>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -311,7 +312,8 @@ impl tokio_stream::Stream for Incoming {
             match ready!(this.listener.poll_accept(cx)) {
                 Ok((stream, _)) => {
                     this.delay = Duration::from_millis(5);
-                    return Poll::Ready(Some(Ok(stream)));
+                    // C-core and Java clients name the socket in `:authority`; see h2_authority.
+                    return Poll::Ready(Some(Ok(AuthorityFix::new(stream))));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, backoff_ms = this.delay.as_millis() as u64, "Workload API accept failed; backing off");

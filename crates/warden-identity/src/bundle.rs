@@ -9,7 +9,10 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, TrustAnchor};
 use thiserror::Error;
 
+use x509_parser::prelude::{FromDer, X509Certificate};
+
 use crate::spiffe_id::TrustDomain;
+use crate::svid::{SignerDefect, signer_defect};
 
 #[derive(Debug, Error)]
 pub enum BundleError {
@@ -26,6 +29,10 @@ pub enum BundleError {
 pub struct Bundle {
     certs: Vec<CertificateDer<'static>>,
     anchors: Vec<TrustAnchor<'static>>,
+    /// Per anchor (same index): why it may not sign certificates, with its subject. Such an
+    /// anchor stays in the bundle (refusing the whole bundle would take every peer down for
+    /// one bad entry) but no path through it validates.
+    anchor_defects: Vec<Option<(String, SignerDefect)>>,
 }
 
 impl Bundle {
@@ -46,7 +53,35 @@ impl Bundle {
                     })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { certs, anchors })
+        let anchor_defects = certs
+            .iter()
+            .map(|c| {
+                // The anchor parsed above, so x509-parser reads it too; if it somehow does
+                // not, the anchor is unusable rather than trusted unchecked.
+                let (_, cert) = match X509Certificate::from_der(c) {
+                    Ok(parsed) => parsed,
+                    Err(_) => return Some((String::new(), SignerDefect::NotACa)),
+                };
+                signer_defect(&cert, true).map(|d| (cert.subject().to_string(), d))
+            })
+            .collect();
+        Ok(Self {
+            certs,
+            anchors,
+            anchor_defects,
+        })
+    }
+
+    /// Why `anchor` (one of [`Bundle::trust_anchors`]) may not sign certificates, if it may
+    /// not: its subject and the defect.
+    pub(crate) fn anchor_defect(&self, anchor: &TrustAnchor<'_>) -> Option<(&str, SignerDefect)> {
+        let index = self
+            .anchors
+            .iter()
+            .position(|a| std::ptr::eq(a, anchor) || a == anchor)?;
+        self.anchor_defects[index]
+            .as_ref()
+            .map(|(subject, defect)| (subject.as_str(), *defect))
     }
 
     pub fn certificates(&self) -> &[CertificateDer<'static>] {

@@ -5,8 +5,10 @@
 //! A certificate from trust domain A that happens to chain to B's CA is rejected.
 
 use rustls::pki_types::{CertificateDer, UnixTime};
+use std::cell::RefCell;
 use thiserror::Error;
-use webpki::{EndEntityCert, KeyUsage};
+
+use webpki::{EndEntityCert, KeyUsage, VerifiedPath};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
@@ -55,6 +57,13 @@ pub enum SvidError {
     ExtendedKeyUsage,
     #[error("signing certificate in the chain carries a SPIFFE ID with a path ({0})")]
     SigningCertWithPath(String),
+    /// A certificate in the validated path signs another but may not sign certificates
+    /// (RFC 5280 6.1.4 (k) and (n); X509-SVID 4.3). rustls-webpki does not check this.
+    #[error("certificate {subject:?} signs another certificate in the chain but {defect}")]
+    IssuerCannotSign {
+        subject: String,
+        defect: SignerDefect,
+    },
     #[error("no trust bundle for trust domain {0:?}")]
     UnknownTrustDomain(String),
     #[error("certificate chain does not lead to the trust bundle of {trust_domain:?}: {detail}")]
@@ -75,7 +84,9 @@ impl SvidError {
     pub fn failure(&self) -> crate::HandshakeFailure {
         use crate::HandshakeFailure as F;
         match self {
-            SvidError::UnknownTrustDomain(_) | SvidError::Untrusted { .. } => F::Untrusted,
+            SvidError::UnknownTrustDomain(_)
+            | SvidError::Untrusted { .. }
+            | SvidError::IssuerCannotSign { .. } => F::Untrusted,
             SvidError::Expired | SvidError::NotYetValid => F::Expired,
             SvidError::IdentityMismatch { .. } => F::IdentityMismatch,
             _ => F::BadSvid,
@@ -177,6 +188,59 @@ fn check_signing_cert(der: &CertificateDer<'_>) -> Result<(), SvidError> {
     Ok(())
 }
 
+/// Why a certificate may not sign other certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignerDefect {
+    /// basicConstraints absent or cA=false.
+    NotACa,
+    /// No keyUsage extension (an intermediate must carry one, with keyCertSign).
+    NoKeyUsage,
+    /// keyUsage present without keyCertSign.
+    NoKeyCertSign,
+}
+
+impl std::fmt::Display for SignerDefect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SignerDefect::NotACa => "is not a CA (basicConstraints cA=false or absent)",
+            SignerDefect::NoKeyUsage => "has no keyUsage extension (keyCertSign is required)",
+            SignerDefect::NoKeyCertSign => "its keyUsage lacks keyCertSign",
+        })
+    }
+}
+
+/// Whether `cert` may sign certificates. `anchor` relaxes the rules for a trust-bundle
+/// certificate, whose extensions RFC 5280 leaves out of path validation: an anchor without
+/// basicConstraints or keyUsage is accepted, but one that says it is not a CA, or whose
+/// keyUsage omits keyCertSign, is not (as BoringSSL and OpenSSL refuse it). An intermediate
+/// must be a CA and carry keyUsage with keyCertSign (X509-SVID 4.3, RFC 5280 4.2.1.3).
+pub(crate) fn signer_defect(cert: &X509Certificate<'_>, anchor: bool) -> Option<SignerDefect> {
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {}
+        Ok(None) if anchor => {}
+        _ => return Some(SignerDefect::NotACa),
+    }
+    match cert.key_usage() {
+        Ok(Some(ku)) if ku.value.key_cert_sign() => None,
+        Ok(Some(_)) => Some(SignerDefect::NoKeyCertSign),
+        Ok(None) if anchor => None,
+        Ok(None) => Some(SignerDefect::NoKeyUsage),
+        // Duplicate or undecodable extension: not a usable signer.
+        Err(_) => Some(SignerDefect::NoKeyCertSign),
+    }
+}
+
+fn intermediate_defect(der: &[u8]) -> Option<SvidError> {
+    let cert = match X509Certificate::from_der(der) {
+        Ok((_, cert)) => cert,
+        Err(e) => return Some(SvidError::Malformed(e.to_string())),
+    };
+    signer_defect(&cert, false).map(|defect| SvidError::IssuerCannotSign {
+        subject: cert.subject().to_string(),
+        defect,
+    })
+}
+
 /// Validates a peer's X509-SVID: leaf rules, then RFC 5280 path validation at `now` against
 /// the bundle of the leaf's own trust domain. Returns the peer's SPIFFE ID.
 pub fn validate(
@@ -200,27 +264,58 @@ pub fn validate(
         Usage::Client => KeyUsage::required_if_present(EKU_CLIENT_AUTH),
         Usage::Server => KeyUsage::required_if_present(EKU_SERVER_AUTH),
     };
-    ee.verify_for_usage(
+    // webpki checks signatures, validity, basicConstraints and name constraints but not
+    // keyUsage on the certificates that sign (see ARCHITECTURE.md, "Path validation"): every
+    // candidate path is checked here, and one through a certificate that may not sign is
+    // rejected, so path building goes on to try the others. The first such defect is kept
+    // to name it if no path is left.
+    let defect: RefCell<Option<SvidError>> = RefCell::new(None);
+    let signers_may_sign = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
+        let found = path
+            .intermediate_certificates()
+            .find_map(|c| intermediate_defect(c.der().as_ref()))
+            .or_else(|| {
+                bundle
+                    .anchor_defect(path.anchor())
+                    .map(|(subject, defect)| SvidError::IssuerCannotSign {
+                        subject: subject.to_owned(),
+                        defect,
+                    })
+            });
+        match found {
+            None => Ok(()),
+            Some(e) => {
+                defect.borrow_mut().get_or_insert(e);
+                Err(webpki::Error::UnknownIssuer)
+            }
+        }
+    };
+    let verified = ee.verify_for_usage(
         crate::verifier::signature_algorithms().all,
         bundle.trust_anchors(),
         intermediates,
         now,
         eku,
         None,
-        None,
-    )
-    .map_err(|e| match e {
-        webpki::Error::CertExpired { .. } => SvidError::Expired,
-        webpki::Error::CertNotValidYet { .. } => SvidError::NotYetValid,
-        webpki::Error::UnknownIssuer
-        | webpki::Error::InvalidSignatureForPublicKey
-        | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
-        | webpki::Error::CaUsedAsEndEntity
-        | webpki::Error::EndEntityUsedAsCa => SvidError::Untrusted {
-            trust_domain: id.trust_domain_name().to_owned(),
-            detail: format!("{e:?}"),
-        },
-        other => SvidError::Malformed(format!("{other:?}")),
-    })?;
+        Some(&signers_may_sign),
+    );
+    if let Err(e) = verified {
+        if let Some(defect) = defect.into_inner() {
+            return Err(defect);
+        }
+        return Err(match e {
+            webpki::Error::CertExpired { .. } => SvidError::Expired,
+            webpki::Error::CertNotValidYet { .. } => SvidError::NotYetValid,
+            webpki::Error::UnknownIssuer
+            | webpki::Error::InvalidSignatureForPublicKey
+            | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
+            | webpki::Error::CaUsedAsEndEntity
+            | webpki::Error::EndEntityUsedAsCa => SvidError::Untrusted {
+                trust_domain: id.trust_domain_name().to_owned(),
+                detail: format!("{e:?}"),
+            },
+            other => SvidError::Malformed(format!("{other:?}")),
+        });
+    }
     Ok(id)
 }

@@ -95,6 +95,25 @@ impl HandshakeFailure {
         }
     }
 
+    /// A description of a failed handshake for people (audit records, logs): the X509-SVID
+    /// defect in words when the peer's certificate was refused by Warden's checks, else the
+    /// TLS error as rustls words it.
+    pub fn describe_io(err: &std::io::Error) -> String {
+        let svid = err
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .and_then(|tls| match tls {
+                rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+                    other.0.downcast_ref::<SvidError>()
+                }
+                _ => None,
+            });
+        match svid {
+            Some(e) => format!("peer certificate refused: {e}"),
+            None => err.to_string(),
+        }
+    }
+
     /// Classifies the `io::Error` a tokio-rustls handshake returns.
     pub fn classify_io(err: &std::io::Error) -> Self {
         if err.kind() == std::io::ErrorKind::TimedOut {

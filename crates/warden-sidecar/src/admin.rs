@@ -8,11 +8,20 @@
 //! material (identity shows the ID, expiry and trust domains only), and never let a client
 //! hold resources for long: hyper rejects malformed requests, headers must arrive within a
 //! few seconds, a connection lives at most [`CONN_LIFETIME`], and at most
-//! [`MAX_CONNECTIONS`] are served at once (the rest are closed at accept).
+//! [`MAX_CONNECTIONS`] are open at once.
+//!
+//! Probes must keep answering under a flood (the metrics listener is reachable from every
+//! pod, and a kubelet whose probes fail restarts the sidecar). So a full server never turns
+//! the *new* connection away: it closes the oldest connection that is not in the middle of
+//! answering a request. An idle or slow-header connection thus holds its slot only until
+//! [`MAX_CONNECTIONS`] newer ones have arrived, while a probe, which sends its request at
+//! once, is answered within moments of connecting.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::Full;
@@ -22,13 +31,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use warden_policy::Direction;
 
 use crate::Shared;
 
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 256;
+/// Listen backlog of the admin listeners (as Envoy's listeners default to); the kernel caps
+/// it at `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONN_LIFETIME: Duration = Duration::from_secs(60);
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -45,7 +56,7 @@ pub(crate) enum Scope {
 /// Serves until the task is aborted (dropping the `Sidecar`). Connection tasks live in a
 /// `JoinSet` owned by this task, so aborting it ends them too.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, scope: Scope) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut slots = Slots::default();
     let mut conns = JoinSet::new();
     loop {
         while conns.try_join_next().is_some() {}
@@ -57,15 +68,20 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, scope: Sco
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Too many open admin connections: shed instead of queueing.
+        let Some(full) = slots.make_room() else {
+            // Every slot is answering a request right now: shed this one.
             continue;
         };
+        let state = Arc::new(AtomicU8::new(FIRST_REQUEST));
         let shared = shared.clone();
-        conns.spawn(async move {
-            let _permit = permit;
+        let conn_state = state.clone();
+        let abort = conns.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = route(&shared, scope, &req);
+                conn_state.store(ANSWERING, Ordering::Relaxed);
+                let response = route(&shared, scope, &req).map(|body| Answer {
+                    body,
+                    state: conn_state.clone(),
+                });
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -75,6 +91,88 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, scope: Sco
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONN_LIFETIME, conn).await;
         });
+        slots.push(abort, state);
+        if full {
+            // Under a flood, let the connections already accepted read their requests
+            // before accepting more: a probe that sent its request at once is then
+            // answering (and safe from eviction) long before it could become the oldest.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// A connection that has not completed its first request (idle, or headers still coming).
+const FIRST_REQUEST: u8 = 0;
+/// Answering a request: never evicted.
+const ANSWERING: u8 = 1;
+/// Answered at least one request, waiting for the next (keep-alive, e.g. Prometheus).
+const KEEP_ALIVE: u8 = 2;
+
+/// The open admin connections, oldest first.
+#[derive(Default)]
+struct Slots {
+    open: VecDeque<(AbortHandle, Arc<AtomicU8>)>,
+}
+
+impl Slots {
+    /// Makes room for one more connection: forgets finished ones, then, when full, closes
+    /// the oldest that has not completed a request yet, else the oldest keep-alive one.
+    /// `Some(true)` when room had to be made, `None` when every connection is answering.
+    fn make_room(&mut self) -> Option<bool> {
+        self.open.retain(|(task, _)| !task.is_finished());
+        if self.open.len() < MAX_CONNECTIONS {
+            return Some(false);
+        }
+        let oldest_in = |wanted: u8| {
+            self.open
+                .iter()
+                .position(|(_, state)| state.load(Ordering::Relaxed) == wanted)
+        };
+        let victim = oldest_in(FIRST_REQUEST).or_else(|| oldest_in(KEEP_ALIVE))?;
+        if let Some((task, _)) = self.open.remove(victim) {
+            // Debug, not warn: under a flood this runs per connection.
+            tracing::debug!("admin listener full: closing its oldest waiting connection");
+            task.abort();
+        }
+        Some(true)
+    }
+
+    fn push(&mut self, task: AbortHandle, state: Arc<AtomicU8>) {
+        self.open.push_back((task, state));
+    }
+}
+
+/// A response body that marks its connection as waiting again (keep-alive) once it has
+/// been sent, or dropped with the connection: until then the connection is answering and
+/// is not one that [`Slots::make_room`] closes.
+struct Answer {
+    body: Full<Bytes>,
+    state: Arc<AtomicU8>,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.state.store(KEEP_ALIVE, Ordering::Relaxed);
+    }
+}
+
+impl hyper::body::Body for Answer {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -221,11 +319,21 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
 
 /// Binds an admin listener; `what` names the config key in errors.
 pub(crate) async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, crate::StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| crate::StartError::Bind {
-            listener: what.to_owned(),
-            addr,
-            source,
-        })
+    let err = |source| crate::StartError::Bind {
+        listener: what.to_owned(),
+        addr,
+        source,
+    };
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    // The standard backlog (128) overflows under a connection flood, and the kernel then
+    // drops SYNs: a probe caught in that waits a full SYN retransmission (1 s), the
+    // kubelet's whole probe timeout. Connections accepted are then shed or evicted by
+    // `serve`; the backlog only has to hold them until it gets to them.
+    socket.listen(ACCEPT_BACKLOG).map_err(err)
 }

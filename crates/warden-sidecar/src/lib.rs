@@ -108,17 +108,11 @@ pub fn source_for(config: &IdentityConfig) -> Box<dyn SvidSource> {
     }
 }
 
-/// The policy a sidecar enforces before its control plane has spoken: the last-known-good
-/// cache if there is one, else the static allowlists (a listener without `allow` denies
-/// everyone).
+/// The policy a sidecar enforces from start-up until it knows its own SPIFFE ID: the static
+/// allowlists (a listener without `allow` denies everyone). The last-known-good cache is
+/// checked against that ID and put in force only then (`control::enforce_cache`), so a
+/// cache written for another workload can never widen access.
 pub fn initial_policy(config: &SidecarConfig) -> PolicySnapshot {
-    if config.policy.control_plane.is_some()
-        && let Some(path) = &config.policy.cache
-        && let Some(cached) = control::load_cache(path, None)
-    {
-        tracing::info!(path = %path.display(), version = cached.version(), "enforcing the cached policy until the control plane answers");
-        return cached;
-    }
     static_policy(config)
 }
 
@@ -263,8 +257,13 @@ impl Sidecar {
         shared
             .telemetry
             .set_policy_version(shared.policy.load().version());
-        let identity_task =
-            tokio::spawn(follow_identity(source, identity, shared.telemetry.clone()));
+        // The cache matters only under a control plane: it stands in for it while it is away.
+        let cache = config
+            .policy
+            .control_plane
+            .as_ref()
+            .and(config.policy.cache.clone());
+        let identity_task = tokio::spawn(follow_identity(source, shared.clone(), cache));
         let watch_task = config.policy.control_plane.as_ref().map(|url| {
             let target = control::WatchTarget {
                 url: url.clone(),
@@ -455,24 +454,42 @@ fn refuse(
 
 /// Moves identities from the source into the store, logging each rotation. Never logs key
 /// material: `Identity`'s Debug has none.
+///
+/// The first SVID, and any later one with another SPIFFE ID, is when the policy cache can be
+/// checked against who this sidecar is; that happens before the SVID is installed, so no
+/// handshake is served under a policy that has not been checked.
 async fn follow_identity(
     source: Box<dyn SvidSource>,
-    store: Arc<IdentityStore>,
-    telemetry: Telemetry,
+    shared: Arc<Shared>,
+    cache: Option<std::path::PathBuf>,
 ) {
     let name = source.name();
     let mut handle = source.start();
+    let mut checked_for: Option<warden_identity::SpiffeId> = None;
     while let Some(event) = handle.events.recv().await {
         match event {
             SourceEvent::Updated(identity) => {
                 let expires = humantime::format_rfc3339_seconds(identity.not_after());
                 tracing::info!(source = name, spiffe_id = %identity.spiffe_id(), %expires, "SVID loaded");
-                telemetry.svid_loaded(name, &identity);
-                store.set(identity);
+                if let Some(path) = &cache
+                    && checked_for.as_ref() != Some(identity.spiffe_id())
+                {
+                    if checked_for.is_some()
+                        && shared.policy.load().source() == warden_policy::PolicySource::Cache
+                    {
+                        // The cache in force was checked for the previous ID: deny until
+                        // the control plane speaks, unless a cache for the new ID exists.
+                        shared.apply_policy(PolicySnapshot::deny_all(), "ok");
+                    }
+                    control::enforce_cache(&shared, path, identity.spiffe_id());
+                    checked_for = Some(identity.spiffe_id().clone());
+                }
+                shared.telemetry.svid_loaded(name, &identity);
+                shared.identity.set(identity);
             }
             SourceEvent::Rejected { reason } => {
                 tracing::warn!(source = name, %reason, "new SVID rejected; keeping the previous one");
-                telemetry.svid_rejected(name, &reason.to_string());
+                shared.telemetry.svid_rejected(name, &reason.to_string());
             }
             SourceEvent::Unavailable { reason } => {
                 tracing::warn!(source = name, %reason, "SVID source unavailable");

@@ -337,6 +337,20 @@ impl Telemetry {
         });
     }
 
+    /// A policy was offered but not put in force (a foreign or damaged cache); the policy in
+    /// force stays. Counted as `warden_policy_updates_total{result="rejected"}`.
+    pub fn policy_rejected(&self, why: &str) {
+        if self.inner.off {
+            return;
+        }
+        self.inner.metrics.policy_update("rejected", None);
+        self.inner.audit.emit(Record {
+            decision: Some("rejected"),
+            reason: Some(why.to_owned()),
+            ..Record::new("policy")
+        });
+    }
+
     /// The enforced policy's version, without counting an update (start-up).
     pub fn set_policy_version(&self, version: u64) {
         if self.inner.off {

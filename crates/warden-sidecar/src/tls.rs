@@ -64,7 +64,11 @@ pub(crate) async fn timed_handshake<T, IO>(
     use warden_identity::HandshakeFailure;
     match tokio::time::timeout(limit, handshake).await {
         Ok(Ok(tls)) => Ok(tls),
-        Ok(Err((e, io))) => Err((HandshakeFailure::classify_io(&e), e.to_string(), Some(io))),
+        Ok(Err((e, io))) => Err((
+            HandshakeFailure::classify_io(&e),
+            HandshakeFailure::describe_io(&e),
+            Some(io),
+        )),
         Err(_) => Err((
             HandshakeFailure::Timeout,
             "no complete handshake within limits.handshake_timeout".to_owned(),

@@ -36,34 +36,73 @@ struct CacheFile {
     policy: Option<WorkloadPolicy>,
 }
 
-/// Reads the cache, if there is a usable one for `me`. A damaged or foreign cache is
-/// ignored (with a warning) rather than trusted.
-pub fn load_cache(path: &Path, me: Option<&SpiffeId>) -> Option<PolicySnapshot> {
+/// What the last-known-good cache holds for one workload.
+#[derive(Debug)]
+pub enum CacheLoad {
+    /// No cache file yet.
+    Missing,
+    /// A cache written for this workload.
+    Usable(PolicySnapshot),
+    /// A cache written for another workload (a reused cache path): never enforced, since
+    /// its allowlist is someone else's.
+    Foreign { written_for: SpiffeId },
+    /// Unreadable or not a cache file.
+    Damaged(String),
+}
+
+/// Reads the cache written for `me`. Only a cache whose policy names `me` (or that holds
+/// "no policy", which denies everything) is usable; a damaged or foreign cache is reported,
+/// never trusted.
+pub fn load_cache(path: &Path, me: &SpiffeId) -> CacheLoad {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "policy cache unreadable; ignoring it");
-            return None;
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return CacheLoad::Missing,
+        Err(e) => return CacheLoad::Damaged(format!("unreadable: {e}")),
     };
     let cache: CacheFile = match serde_json::from_slice(&bytes) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "policy cache damaged; ignoring it");
-            return None;
-        }
+        Err(e) => return CacheLoad::Damaged(format!("not a policy cache: {e}")),
     };
-    if let (Some(me), Some(p)) = (me, &cache.policy)
+    if let Some(p) = &cache.policy
         && &p.spiffe_id != me
     {
-        tracing::warn!(path = %path.display(), cached = %p.spiffe_id, "policy cache belongs to another workload; ignoring it");
-        return None;
+        return CacheLoad::Foreign {
+            written_for: p.spiffe_id.clone(),
+        };
     }
-    Some(
+    CacheLoad::Usable(
         PolicySnapshot::compile(cache.policy.as_ref(), PolicySource::Cache)
             .with_version(cache.version),
     )
+}
+
+/// Puts the cache written for `me` in force, unless the control plane has already spoken.
+/// Called when the sidecar learns its own SPIFFE ID (its first SVID), which is the first
+/// moment a cache can be checked against it: before that nothing from a cache is enforced.
+pub(crate) fn enforce_cache(shared: &Shared, path: &Path, me: &SpiffeId) {
+    if shared.policy.load().source() == PolicySource::ControlPlane {
+        return;
+    }
+    match load_cache(path, me) {
+        CacheLoad::Missing => {}
+        CacheLoad::Usable(cached) => {
+            tracing::info!(path = %path.display(), version = cached.version(), "enforcing the cached policy until the control plane answers");
+            shared.apply_policy(cached, "ok");
+        }
+        CacheLoad::Foreign { written_for } => {
+            let why = format!(
+                "policy cache {} was written for {written_for}, not for this sidecar ({me}); ignored",
+                path.display()
+            );
+            tracing::warn!("{why}");
+            shared.telemetry.policy_rejected(&why);
+        }
+        CacheLoad::Damaged(e) => {
+            let why = format!("policy cache {} ignored: {e}", path.display());
+            tracing::warn!("{why}");
+            shared.telemetry.policy_rejected(&why);
+        }
+    }
 }
 
 fn write_cache(path: &Path, version: u64, policy: Option<WorkloadPolicy>) -> std::io::Result<()> {
@@ -268,7 +307,9 @@ mod tests {
             0o600
         );
         let me = SpiffeId::parse("spiffe://example.org/me").expect("id");
-        let snap = load_cache(&path, Some(&me)).expect("cache");
+        let CacheLoad::Usable(snap) = load_cache(&path, &me) else {
+            panic!("own cache not usable");
+        };
         assert_eq!(snap.version(), 9);
         assert_eq!(snap.source(), PolicySource::Cache);
         let peer = SpiffeId::parse("spiffe://example.org/a").expect("id");
@@ -277,8 +318,12 @@ mod tests {
                 .allowed
         );
         let other = SpiffeId::parse("spiffe://example.org/other").expect("id");
-        assert!(load_cache(&path, Some(&other)).is_none());
+        assert!(
+            matches!(load_cache(&path, &other), CacheLoad::Foreign { written_for } if written_for == me)
+        );
         std::fs::write(&path, b"{not json").expect("w");
-        assert!(load_cache(&path, Some(&me)).is_none());
+        assert!(matches!(load_cache(&path, &me), CacheLoad::Damaged(_)));
+        std::fs::remove_file(&path).expect("rm");
+        assert!(matches!(load_cache(&path, &me), CacheLoad::Missing));
     }
 }

@@ -1,0 +1,244 @@
+//! The Workload API answers the gRPC clients that name the socket in `:authority`: gRPC
+//! C-core (py-spiffe with default options, C++, Ruby, PHP) sends the percent-encoded socket
+//! path, grpc-java the raw path. h2 alone resets such streams; Warden repairs the header
+//! (crates/warden-control/src/h2_authority.rs).
+//!
+//! - a raw HTTP/2 client, frame by frame, sends both forms (and a dynamic-table reference to
+//!   one of them) and gets an SVID on each stream;
+//! - py-spiffe from PyPI, with default options, fetches an SVID and its bundle.
+//!   It runs from the virtualenv `.ci/run` makes (`tests/.venv`); elsewhere the test skips
+//!   with the reason, unless `WARDEN_REQUIRE_INTEROP=1` (set by `.ci/run`) makes that a failure.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::id;
+use common::workload_api::{TestCa, my_uid, registration, serve};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use warden_proto::workload::X509svidResponse;
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DEADLINE: Duration = Duration::from_secs(20);
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const ACK: u8 = 0x1;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK string literal, no Huffman (lengths here are under 127).
+fn string(s: &[u8]) -> Vec<u8> {
+    assert!(s.len() < 127);
+    let mut out = vec![s.len() as u8];
+    out.extend_from_slice(s);
+    out
+}
+
+/// A literal field with a new name: `prefix` 0x00 = without indexing, 0x40 = with
+/// incremental indexing (it enters the dynamic table).
+fn field(prefix: u8, name: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![prefix];
+    out.extend(string(name.as_bytes()));
+    out.extend(string(value));
+    out
+}
+
+/// The request headers of a `FetchX509SVID` call, with `authority` as given (already
+/// encoded: a literal, or an index into the dynamic table).
+fn fetch_svid_headers(authority: Vec<u8>) -> Vec<u8> {
+    let mut block = Vec::new();
+    block.extend(field(0, ":method", b"POST"));
+    block.extend(field(0, ":scheme", b"http"));
+    block.extend(field(0, ":path", b"/SpiffeWorkloadAPI/FetchX509SVID"));
+    block.extend(authority);
+    block.extend(field(0, "content-type", b"application/grpc"));
+    block.extend(field(0, "te", b"trailers"));
+    block.extend(field(0, "workload.spiffe.io", b"true"));
+    block
+}
+
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+async fn read_frame(s: &mut UnixStream) -> std::io::Result<Frame> {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await?;
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await?;
+    Ok(Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
+#[tokio::test]
+async fn a_raw_http2_client_sending_the_socket_path_as_authority_gets_its_svid() {
+    let t = TestCa::new();
+    let sock = t.socket("java-and-c-core");
+    let _api = serve(
+        &t.ca,
+        vec![registration(&sock, "/ns/rag/sa/retriever", Some(my_uid()))],
+        HOUR,
+    )
+    .await;
+    let raw_path = sock.display().to_string();
+    let encoded_path = raw_path.replace('/', "%2F");
+
+    let mut s = UnixStream::connect(&sock).await.expect("connect");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(SETTINGS, 0, 0, &[]));
+    let empty_request = frame(DATA, END_STREAM, 0, &[0, 0, 0, 0, 0]);
+    let with_stream = |mut f: Vec<u8>, stream: u32| {
+        f[5..9].copy_from_slice(&stream.to_be_bytes());
+        f
+    };
+    // Stream 1: grpc-java's raw path.
+    let block = fetch_svid_headers(field(0, ":authority", raw_path.as_bytes()));
+    out.extend(frame(HEADERS, END_HEADERS, 1, &block));
+    out.extend(with_stream(empty_request.clone(), 1));
+    // Stream 3: C-core's percent-encoded path, entered in the dynamic table.
+    let block = fetch_svid_headers(field(0x40, ":authority", encoded_path.as_bytes()));
+    out.extend(frame(HEADERS, END_HEADERS, 3, &block));
+    out.extend(with_stream(empty_request.clone(), 3));
+    // Stream 5: the same authority by its dynamic-table index (62), as C-core repeats it.
+    let block = fetch_svid_headers(vec![0x80 | 62]);
+    out.extend(frame(HEADERS, END_HEADERS, 5, &block));
+    out.extend(with_stream(empty_request, 5));
+    s.write_all(&out).await.expect("write requests");
+
+    let mut bodies: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut svids: HashMap<u32, String> = HashMap::new();
+    let read_all = async {
+        while svids.len() < 3 {
+            let f = read_frame(&mut s).await.expect("server frame");
+            match f.kind {
+                SETTINGS if f.flags & ACK == 0 => {
+                    s.write_all(&frame(SETTINGS, ACK, 0, &[]))
+                        .await
+                        .expect("ack settings");
+                }
+                RST_STREAM => panic!("stream {} reset: {:?}", f.stream, f.payload),
+                GOAWAY => panic!("connection refused with GOAWAY: {:?}", f.payload),
+                DATA => {
+                    let body = bodies.entry(f.stream).or_default();
+                    body.extend_from_slice(&f.payload);
+                    if body.len() >= 5 {
+                        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+                        if body.len() >= 5 + len {
+                            let msg =
+                                X509svidResponse::decode(&body[5..5 + len]).expect("protobuf");
+                            svids.insert(f.stream, msg.svids[0].spiffe_id.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read_all)
+        .await
+        .expect("three SVIDs in time");
+    for stream in [1, 3, 5] {
+        assert_eq!(
+            svids[&stream],
+            id("/ns/rag/sa/retriever"),
+            "stream {stream}"
+        );
+    }
+}
+
+/// `tests/.venv/bin/python` with py-spiffe, or why there is none.
+fn python_with_spiffe() -> Result<PathBuf, String> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/.venv/bin/python");
+    if !python.exists() {
+        return Err(format!(
+            "{} not found (.ci/run creates it: python3 -m venv tests/.venv && tests/.venv/bin/pip install spiffe)",
+            python.display()
+        ));
+    }
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import spiffe"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !probe.status.success() {
+        return Err("py-spiffe is not installed in tests/.venv (pip install spiffe)".into());
+    }
+    Ok(python)
+}
+
+/// Skips (printing why) or, under `WARDEN_REQUIRE_INTEROP=1`, fails.
+fn skip_or_fail(why: &str) {
+    if std::env::var("WARDEN_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
+        panic!("interop test cannot run, and WARDEN_REQUIRE_INTEROP=1: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+const PY_CLIENT: &str = r#"
+import sys
+from spiffe import WorkloadApiClient
+with WorkloadApiClient(socket_path=sys.argv[1]) as client:
+    svid = client.fetch_x509_svid(timeout=10)
+    bundles = client.fetch_x509_bundles(timeout=10)
+    print(svid.spiffe_id)
+    print(len(svid.cert_chain))
+    print(len(bundles.bundles))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_with_default_options_gets_an_svid() {
+    let python = match python_with_spiffe() {
+        Ok(p) => p,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let t = TestCa::new();
+    let sock = t.socket("python");
+    let _api = serve(
+        &t.ca,
+        vec![registration(&sock, "/ns/rag/sa/retriever", Some(my_uid()))],
+        HOUR,
+    )
+    .await;
+    let endpoint = format!("unix://{}", sock.display());
+    let run = tokio::process::Command::new(&python)
+        .args(["-c", PY_CLIENT, &endpoint])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("py-spiffe answered in time")
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "py-spiffe failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some(id("/ns/rag/sa/retriever").as_str()));
+    assert_eq!(lines.next(), Some("1"), "one certificate in the chain");
+    assert_eq!(lines.next(), Some("1"), "the bundle of the trust domain");
+}
