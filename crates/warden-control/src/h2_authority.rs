@@ -383,6 +383,11 @@ mod tests {
             let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]);
             let payload = &rest[FRAME_HEAD..FRAME_HEAD + len];
             if kind == HEADERS {
+                let payload = if flags & PRIORITY != 0 {
+                    &payload[5..]
+                } else {
+                    payload
+                };
                 let mut fields = Vec::new();
                 decoder
                     .decode_with_cb(payload, |n: Cow<[u8]>, v: Cow<[u8]>| {
@@ -407,7 +412,8 @@ mod tests {
         block.extend(indexed_literal(b"workload.spiffe.io", b"true"));
         input.extend(frame(HEADERS, END_HEADERS, 1, &block));
         input.extend(frame(0x0, END_STREAM, 1, b"\0\0\0\0\0")); // DATA passes through
-        // Stream 3: both fields by dynamic-table index only (62 = newest, 63 = older).
+        // Stream 3: both fields by dynamic-table index only (63 = :authority, the older
+        // entry; 62 = workload.spiffe.io, the newest).
         input.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &[0xbf, 0xbe]));
         // Stream 5: the raw path, padded, with priority, split over a CONTINUATION.
         let block = indexed_literal(b":authority", b"/tmp/agent.sock");
@@ -438,8 +444,8 @@ mod tests {
         assert_eq!(
             headers[1].3,
             vec![
-                (b"workload.spiffe.io".to_vec(), b"true".to_vec()),
                 (b":authority".to_vec(), b"localhost".to_vec()),
+                (b"workload.spiffe.io".to_vec(), b"true".to_vec()),
             ],
             "indexed references resolve through the mirrored table, order kept"
         );
@@ -458,7 +464,7 @@ mod tests {
         // One 4000-byte entry in the table, then thousands of one-byte references to it.
         let mut input = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         let mut block = indexed_literal(b"x-big", &[b'a'; 4000]);
-        block.extend(std::iter::repeat_n(0xbe, 10_000));
+        block.extend(std::iter::repeat_n(0xbe, 20_000));
         input.extend(frame(HEADERS, 0, 1, &block[..MAX_FRAME]));
         input.extend(frame(CONTINUATION, END_HEADERS, 1, &block[MAX_FRAME..]));
         let err = through(input).await.expect_err("bomb refused");
