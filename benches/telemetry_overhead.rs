@@ -77,7 +77,7 @@ fn config(text: String) -> SidecarConfig {
 async fn hop(ca: &pki::Ca, app: SocketAddr, mode: Mode) -> (Sidecar, Sidecar) {
     let client = format!("spiffe://{TD}/client");
     let server = format!("spiffe://{TD}/server");
-    let common = "[identity]\nsource = \"files\"\ncert = \"x\"\nkey = \"x\"\nbundle = \"x\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_connections = 100000\nmax_pending_handshakes = 100000\n";
+    let common = "[identity]\nsource = \"files\"\ncert = \"x\"\nkey = \"x\"\nbundle = \"x\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nmax_connections = 100000\nmax_connections_per_peer = 100000\nmax_pending_handshakes = 100000\n";
     let b_cfg = config(format!(
         "trust_domain = \"{TD}\"\n{common}[[inbound]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nforward = \"{app}\"\nallow = [\"{client}\"]\n"
     ));

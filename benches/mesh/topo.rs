@@ -156,6 +156,8 @@ listen = "127.0.0.1:0"
 path = "/dev/null"
 [limits]
 max_connections = 30000
+# The benchmark's client is one peer holding every connection.
+max_connections_per_peer = 30000
 workers = {workers}
 "#,
             workers = workers.unwrap_or(0),

@@ -106,7 +106,7 @@ fn nofile_limit() -> u64 {
 fn spawn_sidecar(dir: &Path, name: &str, body: &str) -> Proc {
     let ident = dir.join(name);
     let config = format!(
-        "trust_domain = \"{TD}\"\n[identity]\nsource = \"files\"\ncert = \"{i}/tls.crt\"\nkey = \"{i}/tls.key\"\nbundle = \"{i}/ca.crt\"\n[admin]\nlisten = \"{admin}\"\n[audit]\npath = \"{dir}/{name}-audit.jsonl\"\n[limits]\nmax_connections = 30000\nmax_pending_handshakes = 4096\n{body}",
+        "trust_domain = \"{TD}\"\n[identity]\nsource = \"files\"\ncert = \"{i}/tls.crt\"\nkey = \"{i}/tls.key\"\nbundle = \"{i}/ca.crt\"\n[admin]\nlisten = \"{admin}\"\n[audit]\npath = \"{dir}/{name}-audit.jsonl\"\n[limits]\nmax_connections = 30000\nmax_connections_per_peer = 30000\nmax_pending_handshakes = 4096\n{body}",
         i = ident.display(),
         admin = free_port(),
         dir = dir.display(),

@@ -80,7 +80,18 @@ pub async fn serve(
     registrations: Vec<WorkloadRegistration>,
     ttl: Duration,
 ) -> WorkloadApiHandle {
-    serve_workload_api(ca.clone(), registrations, ttl, std::future::pending())
+    let idle = warden_control::ControlLimits::default().idle_timeout;
+    serve_with_idle_timeout(ca, registrations, ttl, idle).await
+}
+
+/// [`serve`], closing connections that have had no call for `idle`.
+pub async fn serve_with_idle_timeout(
+    ca: &Arc<BuiltinCa>,
+    registrations: Vec<WorkloadRegistration>,
+    ttl: Duration,
+    idle: Duration,
+) -> WorkloadApiHandle {
+    serve_workload_api(ca.clone(), registrations, ttl, idle, std::future::pending())
         .await
         .expect("Workload API starts")
 }

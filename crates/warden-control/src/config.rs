@@ -23,6 +23,16 @@ struct RawConfig {
     ca: RawCa,
     #[serde(default)]
     workload_api: Vec<RawRegistration>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    idle_timeout: Option<String>,
+    max_connections_per_peer: Option<usize>,
+    max_streams_per_peer: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +85,32 @@ pub struct WorkloadRegistration {
     pub uid: Option<u32>,
 }
 
+/// `[limits]`: what one caller may hold (each caller is a workload with a valid SVID, or a
+/// local process on a Workload API socket; zero trust assumes any may be compromised).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlLimits {
+    /// A connection (policy API or Workload API) with no call in flight this long is
+    /// closed. A sidecar's policy watch and a workload's SVID stream are calls in flight.
+    pub idle_timeout: Duration,
+    /// Policy API connections per caller SPIFFE ID. Every replica of a workload has the
+    /// same ID (one per service account) and holds one connection: raise it above the
+    /// largest replica count.
+    pub max_connections_per_peer: usize,
+    /// Policy API calls in flight (HTTP/2 streams; a watch is one) per caller SPIFFE ID,
+    /// over all its connections. The same note on replicas applies.
+    pub max_streams_per_peer: usize,
+}
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(300),
+            max_connections_per_peer: 1024,
+            max_streams_per_peer: 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlPlaneConfig {
     pub trust_domain: TrustDomain,
@@ -84,6 +120,7 @@ pub struct ControlPlaneConfig {
     pub identity: ControlIdentity,
     pub ca: CaConfig,
     pub workload_api: Vec<WorkloadRegistration>,
+    pub limits: ControlLimits,
 }
 
 impl ControlPlaneConfig {
@@ -236,6 +273,32 @@ impl ControlPlaneConfig {
                 uid: r.uid,
             });
         }
+        let defaults = ControlLimits::default();
+        let at_least_one = |key: &str, v: Option<usize>, default: usize| match v {
+            None => Ok(default),
+            Some(0) => Err(e(key, "must be at least 1".into())),
+            Some(n) => Ok(n),
+        };
+        let limits = ControlLimits {
+            idle_timeout: match raw.limits.idle_timeout {
+                None => defaults.idle_timeout,
+                Some(t) => match parse_duration(&t) {
+                    Ok(d) if d >= Duration::from_secs(1) => d,
+                    Ok(_) => return Err(e("limits.idle_timeout", "must be at least 1s".into())),
+                    Err(p) => return Err(e("limits.idle_timeout", p)),
+                },
+            },
+            max_connections_per_peer: at_least_one(
+                "limits.max_connections_per_peer",
+                raw.limits.max_connections_per_peer,
+                defaults.max_connections_per_peer,
+            )?,
+            max_streams_per_peer: at_least_one(
+                "limits.max_streams_per_peer",
+                raw.limits.max_streams_per_peer,
+                defaults.max_streams_per_peer,
+            )?,
+        };
         Ok(Self {
             trust_domain,
             listen,
@@ -244,6 +307,7 @@ impl ControlPlaneConfig {
             identity,
             ca,
             workload_api,
+            limits,
         })
     }
 }
@@ -278,6 +342,7 @@ spiffe_id = "spiffe://example.org/ns/rag/sa/retriever"
             }
         );
         assert_eq!(c.workload_api.len(), 1);
+        assert_eq!(c.limits, ControlLimits::default());
     }
 
     #[test]
@@ -303,6 +368,14 @@ spiffe_id = "spiffe://example.org/ns/rag/sa/retriever"
                 "workload_api[0].socket",
             ),
             (GOOD.replace("[ca]", "[ca]\nbogus = 1"), "ca.bogus"),
+            (
+                format!("{GOOD}[limits]\nidle_timeout = \"0s\"\n"),
+                "limits.idle_timeout",
+            ),
+            (
+                format!("{GOOD}[limits]\nmax_streams_per_peer = 0\n"),
+                "limits.max_streams_per_peer",
+            ),
         ] {
             let err = ControlPlaneConfig::from_toml("cp.toml", &edit).expect_err(key);
             assert_eq!(err.key, key, "{err}");

@@ -11,6 +11,7 @@
 pub mod ca;
 pub mod ca_source;
 pub mod config;
+pub mod grpc_limits;
 mod h2_authority;
 pub mod policy_service;
 pub mod server;
@@ -18,4 +19,6 @@ pub mod store;
 pub mod transport;
 pub mod workload_api;
 
-pub use config::{CaConfig, ControlIdentity, ControlPlaneConfig, WorkloadRegistration};
+pub use config::{
+    CaConfig, ControlIdentity, ControlLimits, ControlPlaneConfig, WorkloadRegistration,
+};

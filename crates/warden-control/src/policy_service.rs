@@ -7,6 +7,7 @@
 //! so no write can fall between "read current" and "subscribe".
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,8 +21,51 @@ use warden_proto::control::v1 as pb;
 use warden_proto::control::v1::policy_service_server::PolicyService;
 use warden_sidecar::control::convert;
 
+use warden_sidecar::peer_share::PeerCounts;
+
+use crate::grpc_limits::{ConnInfo, Gate, LogBudget, MethodLimits, Permit};
 use crate::store::{PolicyStore, StoreError};
 use crate::transport::Caller;
+
+/// The methods only an admin may call, by gRPC path: refused before their request body is
+/// read (see `grpc_limits`), and again in the handler.
+const ADMIN_ONLY: &[&str] = &[
+    "/warden.control.v1.PolicyService/PutPolicy",
+    "/warden.control.v1.PolicyService/DeletePolicy",
+    "/warden.control.v1.PolicyService/ListPolicies",
+    "/warden.control.v1.PolicyService/History",
+    "/warden.control.v1.PolicyService/Status",
+];
+
+/// The largest request message of each method. A policy may be large and is written by an
+/// admin (authorized before its body is read); everything else names one workload or
+/// nothing, and a watch request is a hello or an ack.
+pub fn method_limits() -> MethodLimits {
+    const SMALL: usize = 8 * 1024;
+    MethodLimits::new(
+        64 * 1024,
+        &[
+            (
+                "/warden.control.v1.PolicyService/PutPolicy",
+                4 * 1024 * 1024,
+            ),
+            ("/warden.control.v1.PolicyService/GetPolicy", SMALL),
+            ("/warden.control.v1.PolicyService/DeletePolicy", SMALL),
+            ("/warden.control.v1.PolicyService/ListPolicies", SMALL),
+            ("/warden.control.v1.PolicyService/History", SMALL),
+            ("/warden.control.v1.PolicyService/Status", SMALL),
+            ("/warden.control.v1.PolicyService/WatchPolicy", SMALL),
+        ],
+    )
+}
+
+/// `sidecar_version` as stored and shown: what a sidecar reports about itself is bounded
+/// before it is kept, so `warden policy status` stays small whatever a watcher sends.
+const MAX_SIDECAR_VERSION: usize = 64;
+
+/// Log lines a caller can trigger at will (each watch opened, each refusal).
+static WATCH_LOG: LogBudget = LogBudget::new(20);
+static REFUSAL_LOG: LogBudget = LogBudget::new(20);
 
 type Snapshot = Arc<pb::PolicySnapshot>;
 
@@ -76,6 +120,43 @@ fn store_status(e: StoreError) -> Status {
     }
 }
 
+/// Audits (rate-bounded) and words the refusal of a call that needs an admin.
+fn refuse_non_admin(caller: &Caller, method: &str) -> Status {
+    if let Some(suppressed) = REFUSAL_LOG.admit() {
+        tracing::warn!(target: "warden::audit", event = "api", method, caller = %caller.spiffe_id, addr = %caller.addr, decision = "deny", suppressed, "control-plane call refused: not an admin");
+    }
+    Status::permission_denied(format!(
+        "{} is not an admin of this control plane",
+        caller.spiffe_id
+    ))
+}
+
+/// Audits (rate-bounded) and words the refusal of a call over the caller's share.
+fn refuse_over_share(caller: &Caller, max: usize) -> Status {
+    if let Some(suppressed) = REFUSAL_LOG.admit() {
+        tracing::warn!(target: "warden::audit", event = "api", caller = %caller.spiffe_id, addr = %caller.addr, decision = "deny", limit = "limits.max_streams_per_peer", max, suppressed, "control-plane call refused: the caller holds its share of calls");
+    }
+    Status::resource_exhausted(format!(
+        "{} already has {max} calls in flight on this control plane",
+        caller.spiffe_id
+    ))
+}
+
+/// What a sidecar says its version is, as kept: at most [`MAX_SIDECAR_VERSION`] bytes of
+/// printable ASCII (anything else becomes `?`).
+fn bounded_version(raw: &str) -> String {
+    raw.chars()
+        .take(MAX_SIDECAR_VERSION)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 fn snapshot_of(policy: Option<&warden_policy::WorkloadPolicy>, revision: u64) -> Snapshot {
     Arc::new(pb::PolicySnapshot {
         present: policy.is_some(),
@@ -94,10 +175,29 @@ impl PolicyApi {
         }
     }
 
+    /// The gate `grpc_limits::GuardLayer` applies before reading a request body: the
+    /// admin-only methods are refused to callers that are not admins, and each caller
+    /// SPIFFE ID may have at most `max_streams_per_peer` calls in flight (every replica of
+    /// a workload shares its ID, and each holds one watch).
+    pub fn gate(&self, max_streams_per_peer: usize) -> Gate<Caller> {
+        let admins = self.admins.clone();
+        let streams = PeerCounts::new(max_streams_per_peer);
+        Arc::new(move |path: &str, caller: &Caller| {
+            if ADMIN_ONLY.contains(&path) && !admins.contains(&caller.spiffe_id) {
+                let method = path.rsplit('/').next().unwrap_or(path);
+                return Err(refuse_non_admin(caller, method));
+            }
+            match streams.acquire(&caller.spiffe_id) {
+                Some(slot) => Ok(Some(Box::new(slot) as Permit)),
+                None => Err(refuse_over_share(caller, streams.max())),
+            }
+        })
+    }
+
     fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
         req.extensions()
-            .get::<Caller>()
-            .cloned()
+            .get::<ConnInfo<Caller>>()
+            .map(|c| c.peer.clone())
             .ok_or_else(|| Status::unauthenticated("no client certificate"))
     }
 
@@ -112,11 +212,7 @@ impl PolicyApi {
         if self.admins.contains(&caller.spiffe_id) || own_read {
             return Ok(());
         }
-        tracing::warn!(target: "warden::audit", event = "api", method, caller = %caller.spiffe_id, addr = %caller.addr, decision = "deny", "control-plane call refused: not an admin");
-        Err(Status::permission_denied(format!(
-            "{} is not an admin of this control plane",
-            caller.spiffe_id
-        )))
+        Err(refuse_non_admin(caller, method))
     }
 
     async fn blocking<T: Send + 'static>(
@@ -304,34 +400,107 @@ impl PolicyService for PolicyApi {
                 sidecar_version: String::new(),
             },
         );
-        tracing::info!(target: "warden::audit", event = "watch", workload = %id, addr = %caller.addr, "sidecar watching its policy");
-        // Acks and the end of the session arrive on the request stream.
+        if let Some(suppressed) = WATCH_LOG.admit() {
+            tracing::info!(target: "warden::audit", event = "watch", workload = %id, addr = %caller.addr, suppressed, "sidecar watching its policy");
+        }
+        // Acks arrive on the request stream. A request stream that fails (an oversized or
+        // malformed message) ends the watch with its error; one the sidecar closes cleanly
+        // just stops the acks. The session is listed exactly while the watch is served: it
+        // is removed when the response stream is dropped.
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Status>();
         let hub = self.hub.clone();
         tokio::spawn(async move {
-            while let Ok(Some(msg)) = requests.message().await {
-                let mut sessions = lock(&hub.sessions);
-                let Some(session) = sessions.get_mut(&session_id) else {
-                    break;
-                };
-                match msg.msg {
-                    Some(pb::watch_request::Msg::Hello(h)) => {
-                        session.sidecar_version = h.sidecar_version
+            loop {
+                match requests.message().await {
+                    Ok(Some(msg)) => {
+                        let mut sessions = lock(&hub.sessions);
+                        let Some(session) = sessions.get_mut(&session_id) else {
+                            return;
+                        };
+                        match msg.msg {
+                            Some(pb::watch_request::Msg::Hello(h)) => {
+                                session.sidecar_version = bounded_version(&h.sidecar_version)
+                            }
+                            Some(pb::watch_request::Msg::Ack(a)) => {
+                                session.applied_version = a.applied_version
+                            }
+                            None => {}
+                        }
                     }
-                    Some(pb::watch_request::Msg::Ack(a)) => {
-                        session.applied_version = a.applied_version
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = end_tx.send(status);
+                        return;
                     }
-                    None => {}
                 }
             }
-            lock(&hub.sessions).remove(&session_id);
         });
         let hub = self.hub.clone();
-        let stream = tokio_stream::wrappers::WatchStream::new(rx).map(move |snapshot| {
+        let snapshots = tokio_stream::wrappers::WatchStream::new(rx).map(move |snapshot| {
             if let Some(s) = lock(&hub.sessions).get_mut(&session_id) {
                 s.sent_version = snapshot.version;
             }
             Ok((*snapshot).clone())
         });
+        let stream = UntilEnded {
+            snapshots,
+            end: Some(end_rx),
+            done: false,
+            _session: SessionEntry {
+                hub: self.hub.clone(),
+                id: session_id,
+            },
+        };
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The snapshots of one watch, until its request side fails: then that error as the last
+/// item (tonic sends it as the call's status).
+struct UntilEnded<S> {
+    snapshots: S,
+    /// `None` once it has answered (a oneshot must not be polled again).
+    end: Option<tokio::sync::oneshot::Receiver<Status>>,
+    done: bool,
+    _session: SessionEntry,
+}
+
+/// A watch session's row in `status`, removed when the watch's response stream is dropped.
+struct SessionEntry {
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+impl Drop for SessionEntry {
+    fn drop(&mut self) {
+        lock(&self.hub.sessions).remove(&self.id);
+    }
+}
+
+impl<S> Stream for UntilEnded<S>
+where
+    S: Stream<Item = Result<pb::PolicySnapshot, Status>> + Unpin,
+{
+    type Item = Result<pb::PolicySnapshot, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(end) = &mut self.end
+            && let Poll::Ready(ended) = Pin::new(end).poll(cx)
+        {
+            self.end = None;
+            // A closed channel (the reader stopped without an error) leaves the watch on.
+            if let Ok(status) = ended {
+                self.done = true;
+                return Poll::Ready(Some(Err(status)));
+            }
+        }
+        Pin::new(&mut self.snapshots).poll_next(cx)
     }
 }

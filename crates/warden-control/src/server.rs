@@ -100,6 +100,7 @@ impl ControlPlane {
                     ca.clone(),
                     config.workload_api.clone(),
                     config.ca.svid_ttl,
+                    config.limits.idle_timeout,
                     std::future::pending(),
                 )
                 .await
@@ -146,9 +147,18 @@ impl ControlPlane {
                 })?;
         let addr = listener.local_addr().unwrap_or(config.listen);
         let tls = crate::transport::server_config(&identity)?;
-        let incoming = crate::transport::incoming(listener, tls, Duration::from_secs(10));
+        let limits = crate::transport::ApiLimits {
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: config.limits.idle_timeout,
+            max_connections_per_peer: config.limits.max_connections_per_peer,
+        };
+        let incoming = crate::transport::incoming(listener, tls, limits);
 
         let api = PolicyApi::new(Arc::new(store), config.admins.iter().cloned());
+        let guard = crate::grpc_limits::GuardLayer::new(
+            api.gate(config.limits.max_streams_per_peer),
+            crate::policy_service::method_limits(),
+        );
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<PolicyServiceServer<PolicyApi>>()
@@ -158,9 +168,8 @@ impl ControlPlane {
             .build_v1()
             .map_err(|e| StartError::Reflection(e.to_string()))?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(15)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        let router = crate::grpc_limits::server_builder()
+            .layer(guard)
             .add_service(health)
             .add_service(reflection)
             .add_service(PolicyServiceServer::new(api));

@@ -19,6 +19,10 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
+
+use warden_sidecar::peer_share::{PeerCounts, PeerSlot};
+
+use crate::grpc_limits::{IdleClose, LogBudget};
 use warden_identity::svid::spiffe_id_of;
 use warden_identity::{HandshakeFailure, IdentityStore, SpiffeId};
 
@@ -33,7 +37,21 @@ pub struct Caller {
 pub struct MtlsConn {
     stream: TlsStream<TcpStream>,
     caller: Caller,
+    /// The caller's share of `limits.max_connections_per_peer`.
+    _slot: PeerSlot<SpiffeId>,
 }
+
+/// What the API's connections are held to.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    pub handshake_timeout: Duration,
+    /// A connection with no call in flight this long is closed.
+    pub idle_timeout: Duration,
+    pub max_connections_per_peer: usize,
+}
+
+/// Handshake failures and refusals are logged per connection; a flood is summarized.
+static CONNECTION_LOG: LogBudget = LogBudget::new(20);
 
 impl Connected for MtlsConn {
     type ConnectInfo = Caller;
@@ -87,14 +105,17 @@ pub fn server_config(identity: &Arc<IdentityStore>) -> Result<Arc<ServerConfig>,
 }
 
 /// Accepts TCP on `listener`, completes mTLS handshakes concurrently (each bounded by
-/// `handshake_timeout`), and yields authenticated connections for tonic.
+/// `handshake_timeout`), and yields authenticated connections for tonic: each holds one of
+/// its caller's `max_connections_per_peer` slots and closes after `idle_timeout` without a
+/// call in flight.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-    handshake_timeout: Duration,
-) -> tokio_stream::wrappers::ReceiverStream<Result<MtlsConn, io::Error>> {
+    limits: ApiLimits,
+) -> tokio_stream::wrappers::ReceiverStream<Result<IdleClose<MtlsConn>, io::Error>> {
     let (tx, rx) = mpsc::channel(128);
     let acceptor = TlsAcceptor::from(config);
+    let per_peer = PeerCounts::new(limits.max_connections_per_peer);
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -116,19 +137,27 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let per_peer = per_peer.clone();
             tokio::spawn(async move {
-                let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp))
-                    .await
+                let stream = match tokio::time::timeout(
+                    limits.handshake_timeout,
+                    acceptor.accept(tcp),
+                )
+                .await
                 {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        let reason = HandshakeFailure::classify_io(&e).as_label();
-                        let error = HandshakeFailure::describe_io(&e);
-                        tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = reason, %error, "control-plane handshake failed");
+                        if let Some(suppressed) = CONNECTION_LOG.admit() {
+                            let reason = HandshakeFailure::classify_io(&e).as_label();
+                            let error = HandshakeFailure::describe_io(&e);
+                            tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = reason, %error, suppressed, "control-plane handshake failed");
+                        }
                         return;
                     }
                     Err(_) => {
-                        tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = "timeout", "control-plane handshake timed out");
+                        if let Some(suppressed) = CONNECTION_LOG.admit() {
+                            tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = "timeout", suppressed, "control-plane handshake timed out");
+                        }
                         return;
                     }
                 };
@@ -139,14 +168,23 @@ pub fn incoming(
                     .and_then(|c| c.first())
                     .map(spiffe_id_of);
                 let Some(Ok(spiffe_id)) = id else {
-                    tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = "bad_svid", "control-plane caller has no readable SPIFFE ID");
+                    if let Some(suppressed) = CONNECTION_LOG.admit() {
+                        tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = "bad_svid", suppressed, "control-plane caller has no readable SPIFFE ID");
+                    }
+                    return;
+                };
+                let Some(slot) = per_peer.acquire(&spiffe_id) else {
+                    if let Some(suppressed) = CONNECTION_LOG.admit() {
+                        tracing::warn!(target: "warden::audit", event = "api_connection", %addr, caller = %spiffe_id, limit = "limits.max_connections_per_peer", max = per_peer.max(), suppressed, "control-plane connection refused: the caller holds its share of connections");
+                    }
                     return;
                 };
                 let conn = MtlsConn {
                     stream,
                     caller: Caller { spiffe_id, addr },
+                    _slot: slot,
                 };
-                let _ = tx.send(Ok(conn)).await;
+                let _ = tx.send(Ok(IdleClose::new(conn, limits.idle_timeout))).await;
             });
         }
     });

@@ -39,7 +39,13 @@ use warden_proto::workload::{
 
 use crate::ca::{BuiltinCa, CaError, IssuedSvid, TrustBundles};
 use crate::config::WorkloadRegistration;
+use crate::grpc_limits::{ConnInfo, GuardLayer, IdleClose, LogBudget, MethodLimits};
 use crate::h2_authority::AuthorityFix;
+
+/// The largest request message: every Workload API request is a handful of short strings.
+const MAX_REQUEST_MESSAGE: usize = 64 * 1024;
+/// Refusals are logged per call; a flood of them is summarized.
+static DENIED_LOG: LogBudget = LogBudget::new(20);
 
 /// Retry pace when the CA fails to issue a renewal (the current SVID stays served meanwhile).
 const ISSUE_RETRY: Duration = Duration::from_secs(1);
@@ -149,6 +155,7 @@ pub async fn serve_workload_api(
     ca: Arc<BuiltinCa>,
     registrations: Vec<WorkloadRegistration>,
     svid_ttl: Duration,
+    idle_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<WorkloadApiHandle, WorkloadApiError> {
     let mut by_socket: Vec<(PathBuf, Vec<Entry>)> = Vec::new();
@@ -200,10 +207,17 @@ pub async fn serve_workload_api(
             let signal = async move {
                 let _ = stop_rx.wait_for(|stopped| *stopped).await;
             };
-            let served = tonic::transport::Server::builder()
+            // Every caller may call every method (authorization is per call, by uid); the
+            // guard still holds each message to the limit and counts calls for idle close.
+            let guard = GuardLayer::new(
+                Arc::new(|_: &str, _: &UdsConnectInfo| Ok(None)),
+                MethodLimits::new(MAX_REQUEST_MESSAGE, &[]),
+            );
+            let served = crate::grpc_limits::server_builder()
+                .layer(guard)
                 .serve_with_incoming_shutdown(
                     SpiffeWorkloadApiServer::new(api),
-                    Incoming::new(listener),
+                    Incoming::new(listener, idle_timeout),
                     signal,
                 )
                 .await;
@@ -282,25 +296,28 @@ async fn bind(path: &Path) -> Result<UnixListener, WorkloadApiError> {
 }
 
 /// Accepted connections for tonic. Accept errors (out of file descriptors, usually) back off
-/// instead of spinning: tonic itself retries them immediately.
+/// instead of spinning: tonic itself retries them immediately. A connection without a call
+/// in flight for `idle_timeout` is closed.
 struct Incoming {
     listener: UnixListener,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
     delay: Duration,
+    idle_timeout: Duration,
 }
 
 impl Incoming {
-    fn new(listener: UnixListener) -> Self {
+    fn new(listener: UnixListener, idle_timeout: Duration) -> Self {
         Self {
             listener,
             backoff: None,
             delay: Duration::from_millis(5),
+            idle_timeout,
         }
     }
 }
 
 impl tokio_stream::Stream for Incoming {
-    type Item = std::io::Result<AuthorityFix<UnixStream>>;
+    type Item = std::io::Result<IdleClose<AuthorityFix<UnixStream>>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -313,7 +330,10 @@ impl tokio_stream::Stream for Incoming {
                 Ok((stream, _)) => {
                     this.delay = Duration::from_millis(5);
                     // C-core and Java clients name the socket in `:authority`; see h2_authority.
-                    return Poll::Ready(Some(Ok(AuthorityFix::new(stream))));
+                    return Poll::Ready(Some(Ok(IdleClose::new(
+                        AuthorityFix::new(stream),
+                        this.idle_timeout,
+                    ))));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, backoff_ms = this.delay.as_millis() as u64, "Workload API accept failed; backing off");
@@ -445,12 +465,14 @@ impl WorkloadApi {
         check_header(request)?;
         let uid = request
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
+            .get::<ConnInfo<UdsConnectInfo>>()
+            .and_then(|info| info.peer.peer_cred)
             .map(|cred| cred.uid());
         let selected = self.state.entries_for(uid);
         if selected.is_empty() {
-            tracing::warn!(target: "warden::audit", event = "workload_api_denied", socket = %self.state.path.display(), uid = ?uid, "no identity registered for this caller");
+            if let Some(suppressed) = DENIED_LOG.admit() {
+                tracing::warn!(target: "warden::audit", event = "workload_api_denied", socket = %self.state.path.display(), uid = ?uid, suppressed, "no identity registered for this caller");
+            }
             return Err(Status::permission_denied(
                 "no identity issued: no registration on this socket matches the caller",
             ));

@@ -103,6 +103,7 @@ struct RawLimits {
     connect_timeout: Option<String>,
     idle_timeout: Option<String>,
     max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
     max_pending_handshakes: Option<usize>,
     workers: Option<usize>,
 }
@@ -151,6 +152,10 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Inbound connections one peer SPIFFE ID may hold (checked once its handshake has
+    /// named it), so one allowed but misbehaving peer cannot take every slot. Default: a
+    /// quarter of `max_connections` ([`Limits::default_per_peer`]).
+    pub max_connections_per_peer: usize,
     /// Inbound connections allowed to be in their TLS handshake at once. A permit is held
     /// only until the handshake ends, so a flood of idle or slow clients (slowloris) is
     /// refused at accept (`warden_connections_closed_total{reason="limit"}`) instead of
@@ -175,6 +180,13 @@ pub const MAX_WORKERS: usize = 64;
 pub const DEFAULT_MAX_WORKERS: usize = 2;
 
 impl Limits {
+    /// The default share of one peer: a quarter of `max_connections` (at least 1), so a
+    /// single peer leaves three quarters to the others while a busy caller with a large
+    /// connection pool still fits (2,500 of the default 10,000).
+    pub fn default_per_peer(max_connections: usize) -> usize {
+        (max_connections / 4).max(1)
+    }
+
     /// How many data-plane threads to run (at least 1). CPUs available to the process
     /// include its cgroup CPU quota, so a pod limited to one CPU gets one worker.
     pub fn worker_threads(&self) -> usize {
@@ -198,6 +210,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(3600),
             max_connections: 10_000,
+            max_connections_per_peer: Self::default_per_peer(10_000),
             max_pending_handshakes: 1024,
             workers: None,
         }
@@ -460,6 +473,11 @@ impl Validator<'_> {
             None => crate::metrics::DEFAULT_PEER_ID_LIMIT,
         };
         let d = Limits::default();
+        let max_connections = match raw.limits.max_connections {
+            Some(0) => return Err(self.e("limits.max_connections", "must be at least 1")),
+            Some(n) => n,
+            None => d.max_connections,
+        };
         let limits = Limits {
             handshake_timeout: self.duration(
                 "limits.handshake_timeout",
@@ -476,10 +494,19 @@ impl Validator<'_> {
                 raw.limits.idle_timeout,
                 d.idle_timeout,
             )?,
-            max_connections: match raw.limits.max_connections {
-                Some(0) => return Err(self.e("limits.max_connections", "must be at least 1")),
+            max_connections,
+            max_connections_per_peer: match raw.limits.max_connections_per_peer {
+                Some(0) => {
+                    return Err(self.e("limits.max_connections_per_peer", "must be at least 1"));
+                }
+                Some(n) if n > max_connections => {
+                    return Err(self.e(
+                        "limits.max_connections_per_peer",
+                        format!("{n} is more than limits.max_connections ({max_connections})"),
+                    ));
+                }
                 Some(n) => n,
-                None => d.max_connections,
+                None => Limits::default_per_peer(max_connections),
             },
             max_pending_handshakes: match raw.limits.max_pending_handshakes {
                 Some(0) => {

@@ -100,6 +100,17 @@ pub(crate) async fn serve(
     };
     let labels = shared.telemetry.peer(DIR, &listener.name, &peer);
     shared.telemetry.handshake_ok(&labels, started);
+    // Held for the connection's life: one peer's share of the connection slots.
+    let Some(_share) = shared.per_peer.acquire(&peer) else {
+        shared.telemetry.refused_at_limit(
+            DIR,
+            &listener.name,
+            peer_addr,
+            Some(&labels),
+            "limits.max_connections_per_peer",
+        );
+        return;
+    };
     // Register before deciding: a policy change that lands in between then either finds
     // this connection in the registry or is already visible to the decision below.
     let mut registration =

@@ -14,6 +14,7 @@ pub mod control;
 mod inbound;
 pub mod metrics;
 mod outbound;
+pub mod peer_share;
 mod pool;
 mod readahead;
 pub mod registry;
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     /// One per inbound connection still in its TLS handshake
     /// (`limits.max_pending_handshakes`).
     pub handshakes: Arc<Semaphore>,
+    /// Inbound connections per peer SPIFFE ID (`limits.max_connections_per_peer`).
+    pub per_peer: Arc<peer_share::PeerCounts<warden_identity::SpiffeId>>,
 }
 
 /// What an accepted connection holds: its connection slot for its whole life and, inbound,
@@ -182,6 +185,7 @@ impl Sidecar {
             limits: config.limits,
             permits: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
+            per_peer: peer_share::PeerCounts::new(config.limits.max_connections_per_peer),
         });
         let worker_count = config.limits.worker_threads();
         let mut groups = Vec::new();
@@ -449,7 +453,7 @@ fn refuse(
     tracing::debug!(%addr, limit, "connection refused at a limit");
     shared
         .telemetry
-        .refused_at_limit(direction, listener, addr, limit);
+        .refused_at_limit(direction, listener, addr, None, limit);
 }
 
 /// Moves identities from the source into the store, logging each rotation. Never logs key

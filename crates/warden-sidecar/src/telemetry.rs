@@ -241,14 +241,17 @@ impl Telemetry {
         }
     }
 
-    /// A connection was refused at accept by `limit` (`limits.max_connections` or
-    /// `limits.max_pending_handshakes`): counted as closed with reason `limit`, and audited
-    /// as a `refused` record (rate-limited like handshake failures: a flood makes summaries).
+    /// A connection was refused by `limit`: at accept (`limits.max_connections`,
+    /// `limits.max_pending_handshakes`), or once its handshake named a peer that holds its
+    /// whole share (`limits.max_connections_per_peer`, with `peer`). Counted as closed with
+    /// reason `limit`, and audited as a `refused` record (rate-limited like handshake
+    /// failures: a flood makes summaries).
     pub fn refused_at_limit(
         &self,
         direction: Direction,
         listener: &Arc<str>,
         peer_addr: SocketAddr,
+        peer: Option<&PeerLabels>,
         limit: &'static str,
     ) {
         if self.inner.off {
@@ -263,6 +266,7 @@ impl Telemetry {
             direction: Some(direction.as_str()),
             listener: Some(listener.clone()),
             peer_addr: Some(peer_addr),
+            peer_id: peer.map(|p| p.peer.as_str().to_owned()),
             decision: Some("deny"),
             reason: Some(CloseReason::Limit.as_label().to_owned()),
             policy_version: Some(self.inner.metrics.policy_version()),
