@@ -10,6 +10,8 @@
 //!   with the reason, unless `WARDEN_REQUIRE_INTEROP=1` (set by `.ci/run`) makes that a failure.
 
 mod common;
+#[path = "support/h2raw.rs"]
+mod h2raw;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,82 +19,14 @@ use std::time::Duration;
 
 use common::id;
 use common::workload_api::{TestCa, my_uid, registration, serve};
+use h2raw::*;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use warden_proto::workload::X509svidResponse;
 
 const HOUR: Duration = Duration::from_secs(3600);
+const FETCH_SVID: &str = "/SpiffeWorkloadAPI/FetchX509SVID";
 const DEADLINE: Duration = Duration::from_secs(20);
-
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// An HPACK string literal, no Huffman (lengths here are under 127).
-fn string(s: &[u8]) -> Vec<u8> {
-    assert!(s.len() < 127);
-    let mut out = vec![s.len() as u8];
-    out.extend_from_slice(s);
-    out
-}
-
-/// A literal field with a new name: `prefix` 0x00 = without indexing, 0x40 = with
-/// incremental indexing (it enters the dynamic table).
-fn field(prefix: u8, name: &str, value: &[u8]) -> Vec<u8> {
-    let mut out = vec![prefix];
-    out.extend(string(name.as_bytes()));
-    out.extend(string(value));
-    out
-}
-
-/// The request headers of a `FetchX509SVID` call, with `authority` as given (already
-/// encoded: a literal, or an index into the dynamic table).
-fn fetch_svid_headers(authority: Vec<u8>) -> Vec<u8> {
-    let mut block = Vec::new();
-    block.extend(field(0, ":method", b"POST"));
-    block.extend(field(0, ":scheme", b"http"));
-    block.extend(field(0, ":path", b"/SpiffeWorkloadAPI/FetchX509SVID"));
-    block.extend(authority);
-    block.extend(field(0, "content-type", b"application/grpc"));
-    block.extend(field(0, "te", b"trailers"));
-    block.extend(field(0, "workload.spiffe.io", b"true"));
-    block
-}
-
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-async fn read_frame(s: &mut UnixStream) -> std::io::Result<Frame> {
-    let mut head = [0u8; 9];
-    s.read_exact(&mut head).await?;
-    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).await?;
-    Ok(Frame {
-        kind: head[3],
-        flags: head[4],
-        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
-        payload,
-    })
-}
 
 #[tokio::test]
 async fn a_raw_http2_client_sending_the_socket_path_as_authority_gets_its_svid() {
@@ -107,39 +41,33 @@ async fn a_raw_http2_client_sending_the_socket_path_as_authority_gets_its_svid()
     let raw_path = sock.display().to_string();
     let encoded_path = raw_path.replace('/', "%2F");
 
-    let mut s = UnixStream::connect(&sock).await.expect("connect");
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(SETTINGS, 0, 0, &[]));
-    let empty_request = frame(DATA, END_STREAM, 0, &[0, 0, 0, 0, 0]);
-    let with_stream = |mut f: Vec<u8>, stream: u32| {
-        f[5..9].copy_from_slice(&stream.to_be_bytes());
-        f
-    };
+    let socket = UnixStream::connect(&sock).await.expect("connect");
+    let mut h2 = RawH2::start(socket).await.expect("preface");
+    let empty_request = message_prefix(0);
+    let fetch = |authority| grpc_request(FETCH_SVID, authority, &[("workload.spiffe.io", b"true")]);
+    let mut out = Vec::new();
     // Stream 1: grpc-java's raw path.
-    let block = fetch_svid_headers(field(0, ":authority", raw_path.as_bytes()));
-    out.extend(frame(HEADERS, END_HEADERS, 1, &block));
-    out.extend(with_stream(empty_request.clone(), 1));
+    out.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &fetch(field(0, ":authority", raw_path.as_bytes())),
+    ));
+    out.extend(frame(DATA, END_STREAM, 1, &empty_request));
     // Stream 3: C-core's percent-encoded path, entered in the dynamic table.
-    let block = fetch_svid_headers(field(0x40, ":authority", encoded_path.as_bytes()));
+    let block = fetch(field(0x40, ":authority", encoded_path.as_bytes()));
     out.extend(frame(HEADERS, END_HEADERS, 3, &block));
-    out.extend(with_stream(empty_request.clone(), 3));
+    out.extend(frame(DATA, END_STREAM, 3, &empty_request));
     // Stream 5: the same authority by its dynamic-table index (62), as C-core repeats it.
-    let block = fetch_svid_headers(vec![0x80 | 62]);
-    out.extend(frame(HEADERS, END_HEADERS, 5, &block));
-    out.extend(with_stream(empty_request, 5));
-    s.write_all(&out).await.expect("write requests");
+    out.extend(frame(HEADERS, END_HEADERS, 5, &fetch(vec![0x80 | 62])));
+    out.extend(frame(DATA, END_STREAM, 5, &empty_request));
+    h2.send(&out).await.expect("write requests");
 
     let mut bodies: HashMap<u32, Vec<u8>> = HashMap::new();
     let mut svids: HashMap<u32, String> = HashMap::new();
-    let read_all = async {
-        while svids.len() < 3 {
-            let f = read_frame(&mut s).await.expect("server frame");
+    let got_all = h2
+        .read_until(DEADLINE, |_, f| {
             match f.kind {
-                SETTINGS if f.flags & ACK == 0 => {
-                    s.write_all(&frame(SETTINGS, ACK, 0, &[]))
-                        .await
-                        .expect("ack settings");
-                }
                 RST_STREAM => panic!("stream {} reset: {:?}", f.stream, f.payload),
                 GOAWAY => panic!("connection refused with GOAWAY: {:?}", f.payload),
                 DATA => {
@@ -156,11 +84,10 @@ async fn a_raw_http2_client_sending_the_socket_path_as_authority_gets_its_svid()
                 }
                 _ => {}
             }
-        }
-    };
-    tokio::time::timeout(DEADLINE, read_all)
-        .await
-        .expect("three SVIDs in time");
+            svids.len() == 3
+        })
+        .await;
+    assert!(got_all, "three SVIDs in time; got {svids:?}");
     for stream in [1, 3, 5] {
         assert_eq!(
             svids[&stream],

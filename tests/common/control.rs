@@ -23,6 +23,8 @@ pub struct CpProcess {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// `RUST_LOG` of the process.
+    log_level: &'static str,
 }
 
 /// A port the OS just handed out; the control plane binds it right after.
@@ -33,6 +35,12 @@ pub fn free_port() -> SocketAddr {
 
 impl CpProcess {
     pub fn start(ca: &Ca) -> Self {
+        Self::start_with(ca, "", "warn")
+    }
+
+    /// [`CpProcess::start`] with `extra` appended to the config (e.g. a `[limits]` table)
+    /// and logging at `log_level` (`info` logs what a production control plane does).
+    pub fn start_with(ca: &Ca, extra: &str, log_level: &'static str) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let ident = dir.path().join("identity");
         std::fs::create_dir_all(&ident).expect("mkdir");
@@ -54,6 +62,7 @@ key = "{ident}/tls.key"
 bundle = "{ident}/ca.crt"
 [ca]
 enabled = false
+{extra}
 "#,
             data = dir.path().join("data").display(),
             admin_id = id(ADMIN_PATH),
@@ -64,6 +73,7 @@ enabled = false
             dir,
             addr,
             child: None,
+            log_level,
         };
         cp.spawn();
         cp
@@ -86,7 +96,7 @@ enabled = false
         let child = Command::new(env!("CARGO_BIN_EXE_warden"))
             .args(["control-plane", "--config"])
             .arg(self.dir.path().join("cp.toml"))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", self.log_level)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -100,6 +110,23 @@ enabled = false
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Resident memory of the process, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = self
+            .pid()
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn log(&self) -> String {
