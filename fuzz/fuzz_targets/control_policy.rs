@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use warden_policy::{Direction, PolicySnapshot, PolicySource, SpiffeId};
 use warden_proto::control::v1::WorkloadPolicy;
-use warden_sidecar::control::convert;
+use warden_policy::wire as convert;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(wire) = WorkloadPolicy::decode(data) else {

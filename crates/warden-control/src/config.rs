@@ -1,13 +1,17 @@
-//! The control plane's TOML configuration. Like the sidecar's: unknown keys are errors and
-//! every error names the file, the key path and the problem.
+//! The control plane's TOML configuration, through the same front-end as the sidecar's
+//! (`warden-config`): unknown keys are errors, and every error names the file, the key path
+//! and the problem (with the line where the parser knows it). The `[identity]` table is the
+//! sidecar's, plus `source = "builtin-ca"`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+pub use warden_config::ConfigError;
+use warden_config::{Errors, RawIdentity, parse_duration, read_config_file};
+use warden_identity::IdentityConfig;
 use warden_identity::{SpiffeId, TrustDomain};
-use warden_sidecar::config::{ConfigError, IdentityConfig, parse_duration, read_config_file};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,17 +37,6 @@ struct RawLimits {
     idle_timeout: Option<String>,
     max_connections_per_peer: Option<usize>,
     max_streams_per_peer: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIdentity {
-    source: String,
-    spiffe_id: Option<String>,
-    endpoint: Option<String>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    bundle: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,38 +123,12 @@ impl ControlPlaneConfig {
     }
 
     pub fn from_toml(file: &str, text: &str) -> Result<Self, ConfigError> {
-        let e = |key: &str, problem: String| ConfigError {
-            file: file.to_owned(),
-            key: key.to_owned(),
-            problem,
-        };
-        let de = toml::Deserializer::parse(text)
-            .map_err(|err| e("(syntax)", err.message().to_owned()))?;
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|err| {
-            let path = err.path().to_string();
-            e(
-                if path == "." { "(top level)" } else { &path },
-                err.into_inner().message().to_owned(),
-            )
-        })?;
+        let at = Errors { file };
+        let e = |key: &str, problem: String| at.error(key, problem);
+        let raw: RawConfig = warden_config::parse_toml(file, text)?;
         let trust_domain = TrustDomain::new(&raw.trust_domain)
             .map_err(|err| e("trust_domain", format!("{:?}: {err}", raw.trust_domain)))?;
-        let workload_id = |key: &str, text: &str| -> Result<SpiffeId, ConfigError> {
-            let id = SpiffeId::parse(text).map_err(|err| e(key, format!("{text:?}: {err}")))?;
-            if !id.is_workload() {
-                return Err(e(
-                    key,
-                    format!("{text:?} has no path; a workload SPIFFE ID is needed"),
-                ));
-            }
-            if id.trust_domain_name() != trust_domain.as_str() {
-                return Err(e(
-                    key,
-                    format!("{text:?} is not in trust domain {trust_domain}"),
-                ));
-            }
-            Ok(id)
-        };
+        let workload_id = |key: &str, text: &str| at.workload_id(key, text, Some(&trust_domain));
         let listen = raw.listen.parse().map_err(|_| {
             e(
                 "listen",
@@ -201,57 +168,30 @@ impl ControlPlaneConfig {
             None => ControlIdentity::BuiltinCa {
                 spiffe_id: default_id().map_err(|err| e("trust_domain", err.to_string()))?,
             },
-            Some(id) => match id.source.as_str() {
-                "builtin-ca" => {
-                    for (present, key) in [
-                        (id.endpoint.is_some(), "identity.endpoint"),
-                        (id.cert.is_some(), "identity.cert"),
-                        (id.key.is_some(), "identity.key"),
-                        (id.bundle.is_some(), "identity.bundle"),
-                    ] {
-                        if present {
-                            return Err(e(key, "is not used with source = \"builtin-ca\"".into()));
-                        }
+            Some(id) if id.source == "builtin-ca" => {
+                for (present, key) in [
+                    (id.endpoint.is_some(), "identity.endpoint"),
+                    (id.cert.is_some(), "identity.cert"),
+                    (id.key.is_some(), "identity.key"),
+                    (id.bundle.is_some(), "identity.bundle"),
+                ] {
+                    if present {
+                        return Err(e(key, "is not used with source = \"builtin-ca\"".into()));
                     }
-                    if !ca.enabled {
-                        return Err(e(
-                            "identity.source",
-                            "\"builtin-ca\" needs [ca] enabled".into(),
-                        ));
-                    }
-                    let spiffe_id = match id.spiffe_id.as_deref() {
-                        Some(t) => workload_id("identity.spiffe_id", t)?,
-                        None => default_id().map_err(|err| e("trust_domain", err.to_string()))?,
-                    };
-                    ControlIdentity::BuiltinCa { spiffe_id }
                 }
-                "workload-api" => ControlIdentity::Source(IdentityConfig::WorkloadApi {
-                    endpoint: id.endpoint,
-                    spiffe_id: id
-                        .spiffe_id
-                        .as_deref()
-                        .map(|t| workload_id("identity.spiffe_id", t))
-                        .transpose()?,
-                }),
-                "files" => {
-                    let need = |v: Option<PathBuf>, key: &str| {
-                        v.ok_or_else(|| e(key, "is required with source = \"files\"".into()))
-                    };
-                    ControlIdentity::Source(IdentityConfig::Files {
-                        cert: need(id.cert, "identity.cert")?,
-                        key: need(id.key, "identity.key")?,
-                        bundle: need(id.bundle, "identity.bundle")?,
-                    })
-                }
-                other => {
+                if !ca.enabled {
                     return Err(e(
                         "identity.source",
-                        format!(
-                            "{other:?}: expected \"builtin-ca\", \"workload-api\" or \"files\""
-                        ),
+                        "\"builtin-ca\" needs [ca] enabled".into(),
                     ));
                 }
-            },
+                let spiffe_id = match id.spiffe_id.as_deref() {
+                    Some(t) => workload_id("identity.spiffe_id", t)?,
+                    None => default_id().map_err(|err| e("trust_domain", err.to_string()))?,
+                };
+                ControlIdentity::BuiltinCa { spiffe_id }
+            }
+            Some(id) => ControlIdentity::Source(at.identity(id, &trust_domain, &["builtin-ca"])?),
         };
         let mut workload_api = Vec::new();
         for (i, r) in raw.workload_api.into_iter().enumerate() {

@@ -14,7 +14,7 @@
 //! - Per connection ([`IdleClose`]): a connection with no call in flight for `idle_timeout`
 //!   is closed. A sidecar's watch stream is a call in flight, so watching never idles.
 //! - Per caller: connections (`transport.rs`) and calls in flight (the policy API's gate)
-//!   per SPIFFE ID are capped with `warden_sidecar::peer_share::PeerCounts`.
+//!   per SPIFFE ID are capped with `warden_identity::peer_share::PeerCounts`.
 //!
 //! It must never refuse a call that the handler would authorize (the gate is a pure
 //! function of the method and the caller's certificate identity), and never let a refused

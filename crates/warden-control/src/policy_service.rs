@@ -17,11 +17,11 @@ use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use warden_identity::SpiffeId;
+use warden_policy::wire as convert;
 use warden_proto::control::v1 as pb;
 use warden_proto::control::v1::policy_service_server::PolicyService;
-use warden_sidecar::control::convert;
 
-use warden_sidecar::peer_share::PeerCounts;
+use warden_identity::peer_share::PeerCounts;
 
 use crate::grpc_limits::{ConnInfo, Gate, LogBudget, MethodLimits, Permit};
 use crate::store::{PolicyStore, StoreError};

@@ -122,7 +122,7 @@ impl ControlPlane {
                     config.ca.svid_ttl,
                 ))
             }
-            ControlIdentity::Source(identity) => warden_sidecar::source_for(identity),
+            ControlIdentity::Source(identity) => warden_identity::source_for(identity),
         };
         let mut cp = Self::start_with_source(config, source).await?;
         cp.extras = extras;

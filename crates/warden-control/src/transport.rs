@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
-use warden_sidecar::peer_share::{PeerCounts, PeerSlot};
+use warden_identity::peer_share::{PeerCounts, PeerSlot};
 
 use crate::grpc_limits::{IdleClose, LogBudget};
 use warden_identity::svid::spiffe_id_of;
@@ -98,7 +98,7 @@ impl AsyncWrite for MtlsConn {
 
 /// TLS 1.3, client SVID mandatory, ALPN h2: the control plane's server configuration.
 pub fn server_config(identity: &Arc<IdentityStore>) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let base = warden_sidecar::tls::server_config(identity)?;
+    let base = warden_identity::tls::server_config(identity)?;
     let mut config = (*base).clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))

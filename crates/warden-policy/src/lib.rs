@@ -2,8 +2,10 @@
 //! compiled snapshot whose [`PolicySnapshot::decide`] answers "may this peer use this
 //! listener?" with the rule or the reason.
 //!
-//! This crate owns *whether an already-validated identity is allowed*. It never validates
-//! certificates (that is `warden-identity`), and it is pure: no I/O, no async, no clock.
+//! This crate owns *whether an already-validated identity is allowed*, and the policy's
+//! forms: the file (`file`), the wire message of the control plane (`wire`), the model. It
+//! never validates certificates (that is `warden-identity`), and it is pure: no I/O, no
+//! async, no clock.
 //!
 //! It must never allow on error or absence. No policy, an unknown listener, an empty
 //! allowlist, a pattern or file that does not parse: each of these is a deny (or a
@@ -16,6 +18,7 @@ pub mod file;
 pub mod model;
 pub mod pattern;
 pub mod snapshot;
+pub mod wire;
 
 pub use file::{Format, PolicyFileError, parse_policy_file, parse_policy_file_as, to_toml};
 pub use model::{

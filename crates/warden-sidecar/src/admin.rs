@@ -2,7 +2,7 @@
 //! JSON views `/debug/identity`, `/debug/policy`, `/debug/connections`. An optional second
 //! listener serves `/metrics`, `/healthz` and `/readyz` only, so Prometheus and the kubelet
 //! (which reach the pod IP) are served while the debug views stay on loopback (security
-//! invariant 6: admin endpoints bind 127.0.0.1 by default).
+//! invariant 6 of `docs/security.md`: admin endpoints bind 127.0.0.1 by default).
 //!
 //! It must never change sidecar state (every route is a GET of a view), never show key
 //! material (identity shows the ID, expiry and trust domains only), and never let a client

@@ -38,22 +38,55 @@ pub enum AuditError {
     Thread(std::io::Error),
 }
 
+/// What an audit record is about (its `event` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// An authorization decision on a connection.
+    Authz,
+    /// A TLS handshake that failed (with its reason).
+    HandshakeFailure,
+    /// A connection refused at a limit.
+    Refused,
+    /// An open connection closed because the policy no longer allows it.
+    Revoked,
+    /// An SVID loaded or rejected.
+    Rotation,
+    /// A policy put in force, or refused (a foreign cache).
+    Policy,
+    /// What the flood limit counted instead of writing.
+    AuditSummary,
+}
+
+/// The `decision` field: a verdict on a connection, or how an update ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditDecision {
+    Allow,
+    Deny,
+    /// An update (SVID, policy) put in force.
+    Ok,
+    /// An update refused; what was in force stays.
+    Rejected,
+    /// A policy that did not parse, replaced by deny-all.
+    Invalid,
+}
+
 /// One audit record. Fields that do not apply to an event are written as `null`, so every
 /// line has the same shape.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
     /// RFC 3339, filled in when the record is made (not when it is written).
     pub time: String,
-    /// `authz`, `handshake_failure`, `refused` (at a limit), `revoked`, `rotation`, `policy`,
-    /// `audit_summary`.
-    pub event: &'static str,
+    pub event: AuditEvent,
     pub direction: Option<&'static str>,
     #[serde(serialize_with = "arc_str")]
     pub listener: Option<Arc<str>>,
     pub peer_id: Option<String>,
     pub peer_addr: Option<SocketAddr>,
-    /// `allow`/`deny` for decisions; `ok`/`rejected` for rotations and policy changes.
-    pub decision: Option<&'static str>,
+    /// `allow`/`deny` for decisions; `ok`/`rejected`/`invalid` for rotations and policy
+    /// changes.
+    pub decision: Option<AuditDecision>,
     /// The rule that allowed the peer.
     pub rule: Option<String>,
     /// Why: a decision reason label, a handshake failure label, a close reason, or text.
@@ -65,7 +98,7 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(event: &'static str) -> Self {
+    pub fn new(event: AuditEvent) -> Self {
         Self {
             time: now_rfc3339(),
             event,
@@ -84,9 +117,11 @@ impl Record {
 
     /// Records of an attacker's making, which the rate limit may summarize.
     fn suppressible(&self) -> bool {
-        self.event == "handshake_failure"
-            || self.event == "refused"
-            || (self.event == "authz" && self.decision == Some("deny"))
+        match self.event {
+            AuditEvent::HandshakeFailure | AuditEvent::Refused => true,
+            AuditEvent::Authz => self.decision == Some(AuditDecision::Deny),
+            _ => false,
+        }
     }
 }
 
@@ -211,7 +246,7 @@ impl AuditLog {
 
 #[derive(Debug, Serialize)]
 struct SummaryCount {
-    event: &'static str,
+    event: AuditEvent,
     peer_id: String,
     reason: String,
     count: u64,
@@ -220,7 +255,7 @@ struct SummaryCount {
 #[derive(Debug, Serialize)]
 struct Summary<'a> {
     time: String,
-    event: &'static str,
+    event: AuditEvent,
     interval_secs: f64,
     /// Records counted here instead of written in full (rate limit).
     suppressed: u64,
@@ -237,7 +272,7 @@ struct Writer {
     window_start: Instant,
     written_in_window: u32,
     suppressed: u64,
-    counts: HashMap<(&'static str, String, String), u64>,
+    counts: HashMap<(AuditEvent, String, String), u64>,
 }
 
 impl Writer {
@@ -329,7 +364,7 @@ impl Writer {
         counts.sort_by_key(|c| std::cmp::Reverse(c.count));
         let summary = Summary {
             time: now_rfc3339(),
-            event: "audit_summary",
+            event: AuditEvent::AuditSummary,
             interval_secs: self.window_start.elapsed().as_secs_f64(),
             suppressed: self.suppressed,
             dropped,
@@ -368,10 +403,10 @@ mod tests {
             direction: Some("inbound"),
             listener: Some(Arc::from("http")),
             peer_id: Some(peer.to_owned()),
-            decision: Some("deny"),
+            decision: Some(AuditDecision::Deny),
             reason: Some("no_match".to_owned()),
             conn_id: Some(1),
-            ..Record::new("authz")
+            ..Record::new(AuditEvent::Authz)
         }
     }
 
@@ -430,7 +465,7 @@ mod tests {
         let (log, handle) = AuditLog::start(Box::new(sink.clone()), limits).expect("start");
         for _ in 0..50 {
             let mut r = deny("spiffe://example.org/a");
-            r.decision = Some("allow");
+            r.decision = Some(AuditDecision::Allow);
             log.emit(r);
         }
         drop(log);

@@ -6,17 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use thiserror::Error;
+use warden_config::{Errors, RawIdentity};
+pub use warden_identity::IdentityConfig;
 use warden_identity::{SpiffeId, TrustDomain};
 use warden_policy::Pattern;
 
-#[derive(Debug, Error)]
-#[error("{file}: {key}: {problem}")]
-pub struct ConfigError {
-    pub file: String,
-    pub key: String,
-    pub problem: String,
-}
+pub use warden_config::{ConfigError, parse_duration, read_config_file};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,17 +32,6 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     limits: RawLimits,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIdentity {
-    source: String,
-    endpoint: Option<String>,
-    spiffe_id: Option<String>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    bundle: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,20 +90,6 @@ struct RawLimits {
     max_connections_per_peer: Option<usize>,
     max_pending_handshakes: Option<usize>,
     workers: Option<usize>,
-}
-
-/// Where the sidecar's SVID comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdentityConfig {
-    WorkloadApi {
-        endpoint: Option<String>,
-        spiffe_id: Option<SpiffeId>,
-    },
-    Files {
-        cert: PathBuf,
-        key: PathBuf,
-        bundle: PathBuf,
-    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -238,19 +208,6 @@ pub struct SidecarConfig {
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15000";
 
-/// Reads a config file: its name for error messages, and its text.
-pub fn read_config_file(path: &Path) -> Result<(String, String), ConfigError> {
-    let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok((file, text)),
-        Err(e) => Err(ConfigError {
-            file,
-            key: "(file)".into(),
-            problem: format!("cannot read: {e}"),
-        }),
-    }
-}
-
 impl SidecarConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let (file, text) = read_config_file(path)?;
@@ -259,71 +216,25 @@ impl SidecarConfig {
 
     /// Parses `text`; `file` only names the source in errors.
     pub fn from_toml(file: &str, text: &str) -> Result<Self, ConfigError> {
-        let err = |key: String, problem: String| ConfigError {
-            file: file.to_owned(),
-            key,
-            problem,
-        };
-        let de = toml::Deserializer::parse(text).map_err(|e| {
-            err(
-                "(syntax)".into(),
-                e.message().to_owned() + &line_of(text, e.span()),
-            )
-        })?;
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            // An unknown key spelled `""` yields an empty path: still name where it is
-            // (found by fuzz/fuzz_targets/sidecar_config.rs).
-            let key = if path == "." || path.is_empty() {
-                "(top level)".to_owned()
-            } else {
-                path
-            };
-            err(
-                key,
-                inner.message().to_owned() + &line_of(text, inner.span()),
-            )
-        })?;
-        Validator { err: &err }.validate(raw)
-    }
-}
-
-fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    match span {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!(" (line {line})")
+        let raw: RawConfig = warden_config::parse_toml(file, text)?;
+        Validator {
+            at: Errors { file },
         }
-        None => String::new(),
+        .validate(raw)
     }
-}
-
-/// Parses `10s`, `1h`, `250ms`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration like \"10s\" or \"1h\": {e}"))
 }
 
 struct Validator<'a> {
-    err: &'a dyn Fn(String, String) -> ConfigError,
+    at: Errors<'a>,
 }
 
 impl Validator<'_> {
     fn e(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-        (self.err)(key.into(), problem.into())
+        self.at.error(key, problem)
     }
 
     fn spiffe_id(&self, key: String, text: &str) -> Result<SpiffeId, ConfigError> {
-        let id =
-            SpiffeId::parse(text).map_err(|e| self.e(key.clone(), format!("{text:?}: {e}")))?;
-        if !id.is_workload() {
-            return Err(self.e(
-                key,
-                format!("{text:?} has no path; a workload SPIFFE ID is needed"),
-            ));
-        }
-        Ok(id)
+        self.at.workload_id(&key, text, None)
     }
 
     fn addr(&self, key: String, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -350,14 +261,8 @@ impl Validator<'_> {
         text: Option<String>,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
-        match text {
-            None => Ok(default),
-            Some(t) => match parse_duration(&t) {
-                Ok(d) if d.is_zero() => Err(self.e(key, "must be greater than zero")),
-                Ok(d) => Ok(d),
-                Err(p) => Err(self.e(key, p)),
-            },
-        }
+        self.at
+            .duration(key, text.as_deref(), default, Duration::from_nanos(1))
     }
 
     fn name(&self, key: String, name: &str, seen: &mut Vec<String>) -> Result<(), ConfigError> {
@@ -385,7 +290,7 @@ impl Validator<'_> {
     fn validate(&self, raw: RawConfig) -> Result<SidecarConfig, ConfigError> {
         let trust_domain = TrustDomain::new(&raw.trust_domain)
             .map_err(|e| self.e("trust_domain", format!("{:?}: {e}", raw.trust_domain)))?;
-        let identity = self.identity(raw.identity, &trust_domain)?;
+        let identity = self.at.identity(raw.identity, &trust_domain, &[])?;
         let policy = PolicyConfig {
             control_plane_id: raw
                 .policy
@@ -540,72 +445,6 @@ impl Validator<'_> {
             peer_id_limit,
             limits,
         })
-    }
-
-    fn identity(&self, raw: RawIdentity, td: &TrustDomain) -> Result<IdentityConfig, ConfigError> {
-        let only_for = |present: bool, key: &str, source: &str| {
-            if present {
-                Err(self.e(
-                    format!("identity.{key}"),
-                    format!("is not used with source = {source:?}"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        match raw.source.as_str() {
-            "workload-api" => {
-                only_for(raw.cert.is_some(), "cert", "workload-api")?;
-                only_for(raw.key.is_some(), "key", "workload-api")?;
-                only_for(raw.bundle.is_some(), "bundle", "workload-api")?;
-                let spiffe_id = raw
-                    .spiffe_id
-                    .as_deref()
-                    .map(|t| self.spiffe_id("identity.spiffe_id".into(), t))
-                    .transpose()?;
-                if let Some(id) = &spiffe_id
-                    && id.trust_domain_name() != td.as_str()
-                {
-                    return Err(self.e(
-                        "identity.spiffe_id",
-                        format!("{id} is not in trust domain {td}"),
-                    ));
-                }
-                if let Some(ep) = &raw.endpoint
-                    && !(ep.starts_with("unix:///") || ep.starts_with("tcp://"))
-                {
-                    return Err(self.e(
-                        "identity.endpoint",
-                        format!("{ep:?}: expected unix:///absolute/path or tcp://ip:port"),
-                    ));
-                }
-                Ok(IdentityConfig::WorkloadApi {
-                    endpoint: raw.endpoint,
-                    spiffe_id,
-                })
-            }
-            "files" => {
-                only_for(raw.endpoint.is_some(), "endpoint", "files")?;
-                only_for(raw.spiffe_id.is_some(), "spiffe_id", "files")?;
-                let need = |v: Option<PathBuf>, key: &str| {
-                    v.ok_or_else(|| {
-                        self.e(
-                            format!("identity.{key}"),
-                            "is required with source = \"files\"",
-                        )
-                    })
-                };
-                Ok(IdentityConfig::Files {
-                    cert: need(raw.cert, "cert")?,
-                    key: need(raw.key, "key")?,
-                    bundle: need(raw.bundle, "bundle")?,
-                })
-            }
-            other => Err(self.e(
-                "identity.source",
-                format!("{other:?}: expected \"workload-api\" or \"files\""),
-            )),
-        }
     }
 }
 

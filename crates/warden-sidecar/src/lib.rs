@@ -14,7 +14,6 @@ pub mod control;
 mod inbound;
 pub mod metrics;
 mod outbound;
-pub mod peer_share;
 mod pool;
 mod readahead;
 pub mod registry;
@@ -34,12 +33,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use warden_identity::{FilesSource, IdentityStore, SourceEvent, SvidSource, WorkloadApiSource};
+use warden_identity::{IdentityStore, SourceEvent, SvidSource};
 use warden_policy::PolicySnapshot;
 
 pub use config::{ConfigError, IdentityConfig, Limits, SidecarConfig};
 pub use registry::{CloseReason, ConnectionInfo, Registry};
-pub use telemetry::Telemetry;
+pub use telemetry::{PolicyOutcome, RotationOutcome, Telemetry};
+pub use warden_identity::source_for;
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -72,7 +72,7 @@ pub(crate) struct Shared {
     /// (`limits.max_pending_handshakes`).
     pub handshakes: Arc<Semaphore>,
     /// Inbound connections per peer SPIFFE ID (`limits.max_connections_per_peer`).
-    pub per_peer: Arc<peer_share::PeerCounts<warden_identity::SpiffeId>>,
+    pub per_peer: Arc<warden_identity::PeerCounts<warden_identity::SpiffeId>>,
 }
 
 /// What an accepted connection holds: its connection slot for its whole life and, inbound,
@@ -83,31 +83,15 @@ pub(crate) struct Permits {
 }
 
 impl Shared {
-    pub(crate) fn apply_policy(&self, policy: PolicySnapshot, result: &str) -> usize {
+    pub(crate) fn apply_policy(&self, policy: PolicySnapshot, outcome: PolicyOutcome) -> usize {
         // Store first, then re-check: a connection registering concurrently either sees the
         // new policy in its own decision or is found by the re-check.
         self.policy.store(Arc::new(policy));
         let policy = self.policy.load();
         let revoked = self.registry.recheck(&policy, self.outbound_policy);
         self.telemetry
-            .policy_update(result, policy.version(), policy.source().as_str(), revoked);
+            .policy_update(outcome, policy.version(), policy.source().as_str(), revoked);
         revoked
-    }
-}
-
-/// The SVID source a config asks for.
-pub fn source_for(config: &IdentityConfig) -> Box<dyn SvidSource> {
-    match config {
-        IdentityConfig::WorkloadApi {
-            endpoint,
-            spiffe_id,
-        } => Box::new(WorkloadApiSource {
-            endpoint: endpoint.clone(),
-            spiffe_id: spiffe_id.clone(),
-        }),
-        IdentityConfig::Files { cert, key, bundle } => {
-            Box::new(FilesSource::new(cert.clone(), key.clone(), bundle.clone()))
-        }
     }
 }
 
@@ -185,7 +169,7 @@ impl Sidecar {
             limits: config.limits,
             permits: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
-            per_peer: peer_share::PeerCounts::new(config.limits.max_connections_per_peer),
+            per_peer: warden_identity::PeerCounts::new(config.limits.max_connections_per_peer),
         });
         let worker_count = config.limits.worker_threads();
         let mut groups = Vec::new();
@@ -319,7 +303,7 @@ impl Sidecar {
     /// Installs a new policy and re-checks every open connection against it; those no
     /// longer allowed are closed with reason `revoked`. Returns how many were revoked.
     pub fn apply_policy(&self, policy: PolicySnapshot) -> usize {
-        self.shared.apply_policy(policy, "ok")
+        self.shared.apply_policy(policy, PolicyOutcome::Applied)
     }
 
     /// Bound address of the admin server (`/metrics`, `/readyz`, `/debug/...`).
@@ -483,7 +467,7 @@ async fn follow_identity(
                     {
                         // The cache in force was checked for the previous ID: deny until
                         // the control plane speaks, unless a cache for the new ID exists.
-                        shared.apply_policy(PolicySnapshot::deny_all(), "ok");
+                        shared.apply_policy(PolicySnapshot::deny_all(), PolicyOutcome::Applied);
                     }
                     control::enforce_cache(&shared, path, identity.spiffe_id());
                     checked_for = Some(identity.spiffe_id().clone());

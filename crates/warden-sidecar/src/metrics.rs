@@ -1,4 +1,4 @@
-//! The sidecar's Prometheus metrics (DESIGN.md "Metrics"), exposed as OpenMetrics text.
+//! The sidecar's Prometheus metrics (`docs/metrics.md`), exposed as OpenMetrics text.
 //!
 //! Why this shape: every label lookup (a `Family` map access) happens once per connection,
 //! when its labels are resolved; the per-read path only bumps an atomic through a cloned
@@ -356,11 +356,17 @@ impl Metrics {
             .set(unix);
     }
 
-    pub(crate) fn rotation(&self, result: &'static str) {
+    pub(crate) fn rotation(&self, outcome: crate::telemetry::RotationOutcome) {
+        let result = outcome.as_label();
         self.rotations.get_or_create(&ResultLabel { result }).inc();
     }
 
-    pub(crate) fn policy_update(&self, result: &'static str, version: Option<u64>) {
+    pub(crate) fn policy_update(
+        &self,
+        outcome: crate::telemetry::PolicyOutcome,
+        version: Option<u64>,
+    ) {
+        let result = outcome.as_label();
         self.policy_updates
             .get_or_create(&ResultLabel { result })
             .inc();
@@ -518,8 +524,8 @@ mod tests {
             0.01,
         );
         m.closed("inbound", Arc::from("http"), "limit");
-        m.rotation("ok");
-        m.policy_update("ok", Some(7));
+        m.rotation(crate::telemetry::RotationOutcome::Loaded);
+        m.policy_update(crate::telemetry::PolicyOutcome::Applied, Some(7));
         let meters = m.open("outbound", Arc::from("llm"), Arc::from("spiffe://x/y"));
         let text = m.encode().expect("encode");
         for needle in [

@@ -1,7 +1,7 @@
 //! What the sidecar reports about each connection, identity and policy: the metric
-//! increments and the audit records (security invariant 8: every authorization decision and
-//! handshake failure produces both). The data plane calls these hooks and nothing else, so
-//! metrics and the audit log hang off one place.
+//! increments and the audit records (security invariant 8 of `docs/security.md`: every
+//! authorization decision and handshake failure produces both). The data plane calls these
+//! hooks and nothing else, so metrics and the audit log hang off one place.
 //!
 //! It must never block a connection task (metrics are atomics, the audit log a non-blocking
 //! queue), never do a label lookup per byte (a connection resolves its labels once, in
@@ -14,9 +14,57 @@ use std::time::{Instant, UNIX_EPOCH};
 use warden_identity::{HandshakeFailure, Identity, SpiffeId};
 use warden_policy::{Decision, Direction, Reason};
 
-use crate::audit::{AuditLog, Record};
+use crate::audit::{AuditDecision, AuditEvent, AuditLog, Record};
 use crate::metrics::{ConnMeters, Metrics, UNKNOWN_PEER};
 use crate::registry::CloseReason;
+
+/// How a policy update ended: `warden_policy_updates_total{result}` and the audit record's
+/// decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyOutcome {
+    /// The policy offered is in force (`ok`).
+    Applied,
+    /// It did not parse, or named another workload: deny-all is in force instead.
+    Invalid,
+    /// It was refused and the policy in force stays (a foreign or damaged cache).
+    Rejected,
+}
+
+impl PolicyOutcome {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            PolicyOutcome::Applied => "ok",
+            PolicyOutcome::Invalid => "invalid",
+            PolicyOutcome::Rejected => "rejected",
+        }
+    }
+
+    fn decision(self) -> AuditDecision {
+        match self {
+            PolicyOutcome::Applied => AuditDecision::Ok,
+            PolicyOutcome::Invalid => AuditDecision::Invalid,
+            PolicyOutcome::Rejected => AuditDecision::Rejected,
+        }
+    }
+}
+
+/// How an SVID update ended: `warden_identity_rotations_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationOutcome {
+    /// Installed (`ok`).
+    Loaded,
+    /// Refused; the previous SVID stays (`rejected`).
+    Rejected,
+}
+
+impl RotationOutcome {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            RotationOutcome::Loaded => "ok",
+            RotationOutcome::Rejected => "rejected",
+        }
+    }
+}
 
 /// Metrics and audit sink of one sidecar; clones share both.
 #[derive(Debug, Clone, Default)]
@@ -29,7 +77,8 @@ struct Inner {
     metrics: Metrics,
     audit: AuditLog,
     /// Benchmarks only ([`Telemetry::off`]): every hook returns at once. A running sidecar
-    /// never has this set; its decisions are always counted and audited (invariant 8).
+    /// never has this set; its decisions are always counted and audited (invariant 8,
+    /// `docs/security.md`).
     off: bool,
     /// The SPIFFE ID whose expiry the gauge currently shows (replaced on an ID change).
     svid_id: Mutex<Option<Arc<str>>>,
@@ -149,7 +198,7 @@ impl Telemetry {
             policy_version: Some(self.inner.metrics.policy_version()),
             conn_id: Some(conn_id),
             detail: Some(detail.to_owned()),
-            ..Record::new("handshake_failure")
+            ..Record::new(AuditEvent::HandshakeFailure)
         });
     }
 
@@ -182,12 +231,16 @@ impl Telemetry {
             listener: Some(p.listener.clone()),
             peer_id: Some(p.peer.as_str().to_owned()),
             peer_addr: Some(peer_addr),
-            decision: Some(verdict),
+            decision: Some(if decision.allowed {
+                AuditDecision::Allow
+            } else {
+                AuditDecision::Deny
+            }),
             rule,
             reason: Some(decision.reason.as_label().to_owned()),
             policy_version: Some(policy_version),
             conn_id: Some(conn_id),
-            ..Record::new("authz")
+            ..Record::new(AuditEvent::Authz)
         });
     }
 
@@ -232,11 +285,11 @@ impl Telemetry {
                 listener: Some(p.listener.clone()),
                 peer_id: Some(p.peer.as_str().to_owned()),
                 peer_addr: Some(peer_addr),
-                decision: Some("deny"),
+                decision: Some(AuditDecision::Deny),
                 reason: Some(reason.as_label().to_owned()),
                 policy_version: Some(self.inner.metrics.policy_version()),
                 conn_id: Some(conn_id),
-                ..Record::new("revoked")
+                ..Record::new(AuditEvent::Revoked)
             });
         }
     }
@@ -267,11 +320,11 @@ impl Telemetry {
             listener: Some(listener.clone()),
             peer_addr: Some(peer_addr),
             peer_id: peer.map(|p| p.peer.as_str().to_owned()),
-            decision: Some("deny"),
+            decision: Some(AuditDecision::Deny),
             reason: Some(CloseReason::Limit.as_label().to_owned()),
             policy_version: Some(self.inner.metrics.policy_version()),
             detail: Some(format!("{limit} reached")),
-            ..Record::new("refused")
+            ..Record::new(AuditEvent::Refused)
         });
     }
 
@@ -293,13 +346,13 @@ impl Telemetry {
                 .svid_expiry(current.as_ref(), id.clone(), expiry);
             *current = Some(id);
         }
-        self.inner.metrics.rotation("ok");
+        self.inner.metrics.rotation(RotationOutcome::Loaded);
         let expires = humantime::format_rfc3339_seconds(identity.not_after());
         self.inner.audit.emit(Record {
             peer_id: Some(identity.spiffe_id().as_str().to_owned()),
-            decision: Some("ok"),
+            decision: Some(AuditDecision::Ok),
             reason: Some(format!("SVID from {source} loaded; expires {expires}")),
-            ..Record::new("rotation")
+            ..Record::new(AuditEvent::Rotation)
         });
     }
 
@@ -308,36 +361,37 @@ impl Telemetry {
         if self.inner.off {
             return;
         }
-        self.inner.metrics.rotation("rejected");
+        self.inner.metrics.rotation(RotationOutcome::Rejected);
         self.inner.audit.emit(Record {
-            decision: Some("rejected"),
+            decision: Some(AuditDecision::Rejected),
             reason: Some(format!("SVID from {source} rejected: {reason}")),
-            ..Record::new("rotation")
+            ..Record::new(AuditEvent::Rotation)
         });
     }
 
     /// A policy was installed (`Shared::apply_policy` calls this for every snapshot it
-    /// swaps in). `result` is `ok`, or why the update was replaced by deny-all (`invalid`);
-    /// unknown values are counted as `error` so the label set stays fixed.
-    pub fn policy_update(&self, result: &str, version: u64, source: &str, revoked: usize) {
+    /// swaps in): `outcome` says whether it is the policy offered or, replacing one that did
+    /// not parse, deny-all.
+    pub fn policy_update(
+        &self,
+        outcome: PolicyOutcome,
+        version: u64,
+        source: &str,
+        revoked: usize,
+    ) {
         if self.inner.off {
             return;
         }
-        let result = match result {
-            "ok" => "ok",
-            "invalid" => "invalid",
-            "rejected" => "rejected",
-            _ => "error",
-        };
-        self.inner.metrics.policy_update(result, Some(version));
+        let result = outcome.as_label();
+        self.inner.metrics.policy_update(outcome, Some(version));
         tracing::info!(version, source, result, revoked, "policy applied");
         self.inner.audit.emit(Record {
-            decision: Some(result),
+            decision: Some(outcome.decision()),
             reason: Some(format!(
                 "policy from {source} applied; {revoked} open connection(s) revoked"
             )),
             policy_version: Some(version),
-            ..Record::new("policy")
+            ..Record::new(AuditEvent::Policy)
         });
     }
 
@@ -347,11 +401,13 @@ impl Telemetry {
         if self.inner.off {
             return;
         }
-        self.inner.metrics.policy_update("rejected", None);
+        self.inner
+            .metrics
+            .policy_update(PolicyOutcome::Rejected, None);
         self.inner.audit.emit(Record {
-            decision: Some("rejected"),
+            decision: Some(AuditDecision::Rejected),
             reason: Some(why.to_owned()),
-            ..Record::new("policy")
+            ..Record::new(AuditEvent::Policy)
         });
     }
 

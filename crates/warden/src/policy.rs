@@ -9,9 +9,10 @@ use tonic::Code;
 use warden_identity::{
     FilesSource, IdentityStore, SourceEvent, SpiffeId, SvidSource, WorkloadApiSource,
 };
+use warden_policy::wire as convert;
 use warden_proto::control::v1 as pb;
 use warden_proto::control::v1::policy_service_client::PolicyServiceClient;
-use warden_sidecar::control::{client, convert};
+use warden_sidecar::control::client;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -16,6 +16,39 @@ mod workload_api;
 pub use files::FilesSource;
 pub use workload_api::WorkloadApiSource;
 
+/// Which source a config file's `[identity]` table asks for (`source = "workload-api"` or
+/// `"files"`); parsed by `warden-config`, started with [`source_for`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityConfig {
+    WorkloadApi {
+        /// `unix:///path` or `tcp://ip:port`; `None`: `$SPIFFE_ENDPOINT_SOCKET`.
+        endpoint: Option<String>,
+        /// Which SVID to use when several are offered; `None`: the first (the default).
+        spiffe_id: Option<crate::SpiffeId>,
+    },
+    Files {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        bundle: std::path::PathBuf,
+    },
+}
+
+/// The SVID source a config asks for.
+pub fn source_for(config: &IdentityConfig) -> Box<dyn SvidSource> {
+    match config {
+        IdentityConfig::WorkloadApi {
+            endpoint,
+            spiffe_id,
+        } => Box::new(WorkloadApiSource {
+            endpoint: endpoint.clone(),
+            spiffe_id: spiffe_id.clone(),
+        }),
+        IdentityConfig::Files { cert, key, bundle } => {
+            Box::new(FilesSource::new(cert.clone(), key.clone(), bundle.clone()))
+        }
+    }
+}
+
 /// What a source reports.
 #[derive(Debug)]
 pub enum SourceEvent {

@@ -6,7 +6,8 @@
 //! here ever widens access on an error.
 
 pub mod client;
-pub mod convert;
+
+use warden_policy::wire as convert;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use warden_proto::control::v1::policy_service_client::PolicyServiceClient;
 use warden_proto::control::v1::{self as pb, WatchRequest, watch_request};
 
 use crate::Shared;
+use crate::telemetry::PolicyOutcome;
 
 /// Where and whom to watch.
 #[derive(Debug, Clone)]
@@ -87,7 +89,7 @@ pub(crate) fn enforce_cache(shared: &Shared, path: &Path, me: &SpiffeId) {
         CacheLoad::Missing => {}
         CacheLoad::Usable(cached) => {
             tracing::info!(path = %path.display(), version = cached.version(), "enforcing the cached policy until the control plane answers");
-            shared.apply_policy(cached, "ok");
+            shared.apply_policy(cached, PolicyOutcome::Applied);
         }
         CacheLoad::Foreign { written_for } => {
             let why = format!(
@@ -132,27 +134,27 @@ fn write_cache(path: &Path, version: u64, policy: Option<WorkloadPolicy>) -> std
 fn compile(
     snapshot: &pb::PolicySnapshot,
     me: Option<&SpiffeId>,
-) -> (PolicySnapshot, Option<WorkloadPolicy>, &'static str) {
+) -> (PolicySnapshot, Option<WorkloadPolicy>, PolicyOutcome) {
     let deny =
         || PolicySnapshot::compile(None, PolicySource::ControlPlane).with_version(snapshot.version);
     if !snapshot.present {
-        return (deny(), None, "ok");
+        return (deny(), None, PolicyOutcome::Applied);
     }
     let Some(wire) = &snapshot.policy else {
-        return (deny(), None, "invalid");
+        return (deny(), None, PolicyOutcome::Invalid);
     };
     match convert::from_proto(wire) {
         Ok(policy) if me.is_none_or(|me| &policy.spiffe_id == me) => {
             let compiled = PolicySnapshot::compile(Some(&policy), PolicySource::ControlPlane);
-            (compiled, Some(policy), "ok")
+            (compiled, Some(policy), PolicyOutcome::Applied)
         }
         Ok(policy) => {
             tracing::error!(policy_for = %policy.spiffe_id, "control plane sent another workload's policy; denying everything");
-            (deny(), None, "invalid")
+            (deny(), None, PolicyOutcome::Invalid)
         }
         Err(e) => {
             tracing::error!(error = %e, "control plane sent a policy that does not parse; denying everything");
-            (deny(), None, "invalid")
+            (deny(), None, PolicyOutcome::Invalid)
         }
     }
 }

@@ -32,7 +32,8 @@ pub const DATA_DIR: &str = "/var/lib/warden";
 pub const DEFAULT_INBOUND_PORT: u16 = 8443;
 /// The sidecar's metrics-only listener (`[admin] metrics_listen`): `/metrics`, `/healthz`,
 /// `/readyz`, nothing else. The kubelet and Prometheus reach the pod IP, so this is the one
-/// admin port a pod exposes; the full admin server stays on loopback (security invariant 6).
+/// admin port a pod exposes; the full admin server stays on loopback (security invariant 6,
+/// `docs/security.md`).
 pub const DEFAULT_METRICS_PORT: u16 = 15020;
 /// The name of the metrics port in the container's port list; the probes refer to it.
 pub const METRICS_PORT_NAME: &str = "warden-metrics";

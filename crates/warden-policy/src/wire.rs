@@ -1,12 +1,12 @@
 //! Conversions between the wire form of a policy (`warden.control.v1.WorkloadPolicy`) and the
-//! model (`warden_policy::WorkloadPolicy`). Wire input is untrusted: every ID, pattern and
+//! model ([`WorkloadPolicy`]). Wire input is untrusted: every ID, pattern and
 //! listener name is validated, and an error names the field.
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::{Direction, Pattern, WorkloadPolicy, validate_listener_name};
 use thiserror::Error;
 use warden_identity::SpiffeId;
-use warden_policy::{Direction, Pattern, WorkloadPolicy, validate_listener_name};
 use warden_proto::control::v1 as pb;
 
 #[derive(Debug, Error)]
@@ -113,9 +113,7 @@ spiffe_id = "spiffe://example.org/ns/rag/sa/vectordb"
 inbound.http = ["spiffe://example.org/ns/rag/sa/retriever", "spiffe://example.org/ns/*/sa/x"]
 outbound.llm = ["spiffe://example.org/ns/rag/**"]
 "#;
-        let model = warden_policy::parse_policy_file(text)
-            .expect("file")
-            .remove(0);
+        let model = crate::parse_policy_file(text).expect("file").remove(0);
         let back = from_proto(&to_proto(&model)).expect("round trip");
         assert_eq!(back, model);
 
