@@ -120,10 +120,12 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     p.wait_served(&good).await;
 
     // Open connections (each holds a descriptor in the sidecar while its handshake waits)
-    // until the sidecar reports that accept failed.
+    // until the sidecar reports that accept failed three times in a row: one failure alone
+    // can come from a descriptor the files source holds for a moment while it reads, after
+    // which accept succeeds again and the pressure is gone.
     let mut held = Vec::new();
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while accept_failures(&p.log()).is_empty() {
+    while accept_failures(&p.log()).len() < 3 {
         assert!(
             tokio::time::Instant::now() < deadline && held.len() < 500,
             "accept never failed after {} connections; log:\n{}",

@@ -260,14 +260,18 @@ impl PolicySnapshot {
         }
     }
 
-    /// The static allowlists of a sidecar without a control plane (source `Static`,
-    /// version 0). Outbound has no rules here because without a control plane outbound
-    /// is checked against the listener's `server_id` only; asking anyway denies.
-    pub fn from_static(inbound: BTreeMap<String, Vec<Pattern>>) -> Self {
+    /// The rules of a sidecar's config file (source `Static`, version 0): the inbound
+    /// listeners' allowlists and, without a control plane, each outbound listener's
+    /// `server_id`. A listener missing here denies.
+    pub fn from_static(
+        inbound: BTreeMap<String, Vec<Pattern>>,
+        outbound: BTreeMap<String, Vec<Pattern>>,
+    ) -> Self {
         PolicySnapshot {
             has_policy: true,
             source: PolicySource::Static,
             inbound: DirectionRules::compile(inbound),
+            outbound: DirectionRules::compile(outbound),
             ..PolicySnapshot::deny_all()
         }
     }

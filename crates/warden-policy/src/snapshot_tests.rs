@@ -155,7 +155,10 @@ fn an_empty_list_never_widens_access() {
         assert!(!d.allowed);
         assert!(!snap.decide(Direction::Outbound, "llm", &id(peer)).allowed);
     }
-    let static_empty = PolicySnapshot::from_static(BTreeMap::from([("http".to_owned(), vec![])]));
+    let static_empty = PolicySnapshot::from_static(
+        BTreeMap::from([("http".to_owned(), vec![])]),
+        BTreeMap::new(),
+    );
     assert_eq!(
         static_empty
             .decide(Direction::Inbound, "http", &id(RETRIEVER))
@@ -298,8 +301,10 @@ fn snapshot_agrees_with_pattern_matches() {
 
 #[test]
 fn from_static_is_inbound_only() {
-    let snap =
-        PolicySnapshot::from_static(BTreeMap::from([("http".to_owned(), pats(&[RETRIEVER]))]));
+    let snap = PolicySnapshot::from_static(
+        BTreeMap::from([("http".to_owned(), pats(&[RETRIEVER]))]),
+        BTreeMap::new(),
+    );
     assert_eq!(snap.source(), PolicySource::Static);
     assert_eq!(snap.version(), 0);
     assert!(snap.has_policy());
@@ -313,6 +318,28 @@ fn from_static_is_inbound_only() {
             .reason,
         Reason::UnknownListener
     );
+}
+
+#[test]
+fn static_outbound_rules_allow_exactly_the_listeners_server_id() {
+    let llm = "spiffe://example.org/ns/rag/sa/llm";
+    let snap = PolicySnapshot::from_static(
+        BTreeMap::new(),
+        BTreeMap::from([("llm".to_owned(), pats(&[llm]))]),
+    );
+    let d = snap.decide(Direction::Outbound, "llm", &id(llm));
+    assert!(d.allowed);
+    assert_eq!(d.reason, Reason::Matched { rule: llm });
+    assert!(
+        !snap
+            .decide(Direction::Outbound, "llm", &id(RETRIEVER))
+            .allowed
+    );
+    assert_eq!(
+        snap.decide(Direction::Outbound, "other", &id(llm)).reason,
+        Reason::UnknownListener
+    );
+    assert!(!snap.decide(Direction::Inbound, "llm", &id(llm)).allowed);
 }
 
 #[test]

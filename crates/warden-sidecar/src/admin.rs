@@ -267,7 +267,6 @@ fn policy(shared: &Shared) -> Value {
         "workload": p.workload().map(|w| w.as_str()),
         "updated_by": p.updated_by(),
         "updated_at_unix_ms": p.updated_at_unix_ms(),
-        "outbound_checked_by_policy": shared.outbound_policy,
         "inbound": rules(Direction::Inbound),
         "outbound": rules(Direction::Outbound),
     })

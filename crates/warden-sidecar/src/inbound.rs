@@ -11,8 +11,8 @@ use warden_identity::svid::spiffe_id_of;
 use warden_policy::Direction;
 
 use crate::Shared;
+use crate::flow;
 use crate::readahead::ReadAhead;
-use crate::registry::CloseReason;
 
 pub(crate) struct InboundListener {
     pub name: Arc<str>,
@@ -29,7 +29,6 @@ pub(crate) async fn serve(
 ) {
     const DIR: Direction = Direction::Inbound;
     let conn_id = shared.registry.next_id();
-    let name = &*listener.name;
     let _ = tcp.set_nodelay(true);
     let limits = shared.limits;
     let started = std::time::Instant::now();
@@ -100,31 +99,17 @@ pub(crate) async fn serve(
     };
     let labels = shared.telemetry.peer(DIR, &listener.name, &peer);
     shared.telemetry.handshake_ok(&labels, started);
+    let conn = flow::Conn {
+        shared: &shared,
+        labels: &labels,
+        id: conn_id,
+        addr: peer_addr,
+    };
     // Held for the connection's life: one peer's share of the connection slots.
-    let Some(_share) = shared.per_peer.acquire(&peer) else {
-        shared.telemetry.refused_at_limit(
-            DIR,
-            &listener.name,
-            peer_addr,
-            Some(&labels),
-            "limits.max_connections_per_peer",
-        );
+    let Some(_share) = flow::take_share(&conn, DIR, &listener.name, &peer) else {
         return;
     };
-    // Register before deciding: a policy change that lands in between then either finds
-    // this connection in the registry or is already visible to the decision below.
-    let mut registration =
-        shared
-            .registry
-            .register(conn_id, DIR, listener.name.clone(), peer.clone(), peer_addr);
-    let allowed = {
-        let policy = shared.policy.load();
-        let decision = policy.decide(DIR, name, &peer);
-        shared
-            .telemetry
-            .decision(&labels, conn_id, peer_addr, &decision, policy.version());
-        decision.allowed
-    };
+    let (registration, allowed) = flow::register_and_decide(&conn, DIR, &listener.name, &peer);
     if !allowed {
         let mut tls = tls;
         let _ = tokio::time::timeout(
@@ -134,40 +119,8 @@ pub(crate) async fn serve(
         .await;
         return;
     }
-    let app = match tokio::time::timeout(
-        limits.connect_timeout,
-        TcpStream::connect(&listener.forward),
-    )
-    .await
-    {
-        Ok(Ok(app)) => app,
-        Ok(Err(e)) => {
-            tracing::warn!(listener = name, conn_id, forward = %listener.forward, error = %e, "local app refused the connection");
-            shared
-                .telemetry
-                .closed(&labels, conn_id, peer_addr, CloseReason::Error, 0, 0);
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(listener = name, conn_id, forward = %listener.forward, "local app did not accept within limits.connect_timeout");
-            shared
-                .telemetry
-                .closed(&labels, conn_id, peer_addr, CloseReason::Error, 0, 0);
-            return;
-        }
+    let Some(app) = flow::connect(&conn, &listener.forward, flow::Dial::App).await else {
+        return;
     };
-    let _ = app.set_nodelay(true);
-    let stats = registration.stats.clone();
-    let meters = shared.telemetry.open(&labels);
-    let reason = crate::relay::relay(
-        meters.meter(tls),
-        app,
-        stats.clone(),
-        limits.idle_timeout,
-        &mut registration.closed,
-    )
-    .await;
-    shared
-        .telemetry
-        .closed(&labels, conn_id, peer_addr, reason, stats.rx(), stats.tx());
+    flow::relay_and_report(&conn, tls, app, registration).await;
 }

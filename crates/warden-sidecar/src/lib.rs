@@ -11,6 +11,7 @@ mod admin;
 pub mod audit;
 pub mod config;
 pub mod control;
+mod flow;
 mod inbound;
 pub mod metrics;
 mod outbound;
@@ -61,8 +62,6 @@ pub enum StartError {
 pub(crate) struct Shared {
     pub identity: Arc<IdentityStore>,
     pub policy: ArcSwap<PolicySnapshot>,
-    /// True under a control plane: outbound calls must also be allowed by policy.
-    pub outbound_policy: bool,
     pub registry: Arc<Registry>,
     pub telemetry: Telemetry,
     pub limits: Limits,
@@ -88,7 +87,7 @@ impl Shared {
         // new policy in its own decision or is found by the re-check.
         self.policy.store(Arc::new(policy));
         let policy = self.policy.load();
-        let revoked = self.registry.recheck(&policy, self.outbound_policy);
+        let revoked = self.registry.recheck(&policy);
         self.telemetry
             .policy_update(outcome, policy.version(), policy.source().as_str(), revoked);
         revoked
@@ -103,14 +102,33 @@ pub fn initial_policy(config: &SidecarConfig) -> PolicySnapshot {
     static_policy(config)
 }
 
-/// The static allowlists of the inbound listeners as a policy.
+/// The rules of the config file as a policy: each inbound listener's `allow` list and,
+/// without a control plane, each outbound listener's `server_id` (the one upstream it may
+/// reach). Under a control plane its policy decides outbound calls, and until it has
+/// spoken none is allowed: static outbound rules are left out.
 pub fn static_policy(config: &SidecarConfig) -> PolicySnapshot {
-    let rules: BTreeMap<_, _> = config
+    let inbound: BTreeMap<_, _> = config
         .inbound
         .iter()
         .map(|l| (l.name.clone(), l.allow.clone()))
         .collect();
-    PolicySnapshot::from_static(rules)
+    let outbound: BTreeMap<_, _> = if config.policy.control_plane.is_some() {
+        BTreeMap::new()
+    } else {
+        config
+            .outbound
+            .iter()
+            .map(|l| {
+                // A configured server_id is a workload ID, so it is always a valid exact
+                // pattern; were it not, the listener would have no rule and deny.
+                let rule = warden_policy::Pattern::exact(&l.server_id)
+                    .into_iter()
+                    .collect();
+                (l.name.clone(), rule)
+            })
+            .collect()
+    };
+    PolicySnapshot::from_static(inbound, outbound)
 }
 
 /// A running sidecar. Dropping it stops the listeners; call [`Sidecar::shutdown`] to drain.
@@ -163,7 +181,6 @@ impl Sidecar {
         let shared = Arc::new(Shared {
             identity: identity.clone(),
             policy: ArcSwap::from_pointee(initial_policy(config)),
-            outbound_policy: config.policy.control_plane.is_some(),
             registry: Arc::new(Registry::default()),
             telemetry,
             limits: config.limits,

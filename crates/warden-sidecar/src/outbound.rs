@@ -10,11 +10,11 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use warden_identity::SpiffeId;
-use warden_policy::{Decision, Direction, Reason};
+use warden_policy::Direction;
 
 use crate::Shared;
+use crate::flow;
 use crate::readahead::ReadAhead;
-use crate::registry::CloseReason;
 
 pub(crate) struct OutboundListener {
     pub name: Arc<str>,
@@ -33,54 +33,27 @@ pub(crate) async fn serve(
 ) {
     const DIR: Direction = Direction::Outbound;
     let conn_id = shared.registry.next_id();
-    let name = &*listener.name;
     let limits = shared.limits;
     let _ = app.set_nodelay(true);
     let labels = shared
         .telemetry
         .peer(DIR, &listener.name, &listener.server_id);
-    let mut registration = shared.registry.register(
-        conn_id,
-        DIR,
-        listener.name.clone(),
-        listener.server_id.clone(),
-        app_addr,
-    );
-    // Under a control plane the policy must also allow this upstream; decided before any
-    // network traffic, so a denied call costs the upstream nothing.
-    if shared.outbound_policy {
-        let policy = shared.policy.load();
-        let decision = policy.decide(DIR, name, &listener.server_id);
-        shared
-            .telemetry
-            .decision(&labels, conn_id, app_addr, &decision, policy.version());
-        if !decision.allowed {
-            return;
-        }
-    }
-    let tcp = match tokio::time::timeout(
-        limits.connect_timeout,
-        TcpStream::connect(&listener.connect),
-    )
-    .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            tracing::warn!(listener = name, conn_id, connect = %listener.connect, error = %e, "upstream unreachable");
-            shared
-                .telemetry
-                .closed(&labels, conn_id, app_addr, CloseReason::Error, 0, 0);
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(listener = name, conn_id, connect = %listener.connect, "upstream connect timed out");
-            shared
-                .telemetry
-                .closed(&labels, conn_id, app_addr, CloseReason::Error, 0, 0);
-            return;
-        }
+    let conn = flow::Conn {
+        shared: &shared,
+        labels: &labels,
+        id: conn_id,
+        addr: app_addr,
     };
-    let _ = tcp.set_nodelay(true);
+    // Decided before any network traffic, so a denied call costs the upstream nothing.
+    // Without a control plane the static rule of this listener allows its `server_id`.
+    let (registration, allowed) =
+        flow::register_and_decide(&conn, DIR, &listener.name, &listener.server_id);
+    if !allowed {
+        return;
+    }
+    let Some(tcp) = flow::connect(&conn, &listener.connect, flow::Dial::Upstream).await else {
+        return;
+    };
     let upstream_addr = tcp.peer_addr().unwrap_or(app_addr);
     let started = std::time::Instant::now();
     let handshake = listener
@@ -106,29 +79,5 @@ pub(crate) async fn serve(
         }
     };
     shared.telemetry.handshake_ok(&labels, started);
-    if !shared.outbound_policy {
-        // Without a control plane, the verified server_id is the whole rule.
-        let decision = Decision {
-            allowed: true,
-            reason: Reason::Matched {
-                rule: listener.server_id.as_str(),
-            },
-        };
-        shared
-            .telemetry
-            .decision(&labels, conn_id, upstream_addr, &decision, 0);
-    }
-    let stats = registration.stats.clone();
-    let meters = shared.telemetry.open(&labels);
-    let reason = crate::relay::relay(
-        meters.meter(tls),
-        app,
-        stats.clone(),
-        limits.idle_timeout,
-        &mut registration.closed,
-    )
-    .await;
-    shared
-        .telemetry
-        .closed(&labels, conn_id, app_addr, reason, stats.rx(), stats.tx());
+    flow::relay_and_report(&conn, tls, app, registration).await;
 }

@@ -162,12 +162,9 @@ impl Registry {
     /// Re-authorizes every open connection against `policy`; signals those now denied to
     /// close with `Revoked`. `check_outbound` is false when outbound is governed by
     /// `server_id` alone (no control plane). Returns how many were revoked.
-    pub fn recheck(&self, policy: &PolicySnapshot, check_outbound: bool) -> usize {
+    pub fn recheck(&self, policy: &PolicySnapshot) -> usize {
         let mut revoked = 0;
         for entry in self.lock().values_mut() {
-            if entry.direction == Direction::Outbound && !check_outbound {
-                continue;
-            }
             if !policy
                 .decide(entry.direction, &entry.listener, &entry.peer)
                 .allowed

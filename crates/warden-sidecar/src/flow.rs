@@ -1,0 +1,156 @@
+//! The steps every connection takes, whichever listener accepted it:
+//!
+//! 1. accept, holding a connection slot (`workers.rs`, `accept_loop` in `lib.rs`);
+//! 2. the TLS handshake, timed and classified (`tls::timed_handshake`);
+//! 3. the peer's share of connection slots ([`take_share`], inbound);
+//! 4. register, then decide against the policy in force ([`decide`]): one road for every
+//!    decision, static rules included;
+//! 5. connect the other side, with its timeout ([`connect`]);
+//! 6. relay until either side ends, then report the close ([`relay_and_report`]).
+//!
+//! `inbound.rs` and `outbound.rs` are these steps in each direction's order (inbound
+//! handshakes first, outbound decides first so a denied call costs the upstream nothing).
+//! A new kind of listener or protocol is a new module that strings the same steps.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use warden_identity::{PeerSlot, SpiffeId};
+use warden_policy::Direction;
+
+use crate::Shared;
+use crate::registry::{CloseReason, Registration};
+use crate::telemetry::PeerLabels;
+
+/// One connection's identity for reporting: its labels, id and the address it came from.
+pub(crate) struct Conn<'a> {
+    pub shared: &'a Shared,
+    pub labels: &'a PeerLabels,
+    pub id: u64,
+    pub addr: SocketAddr,
+}
+
+/// Registers the connection (so a policy change that lands now finds it) and decides it
+/// against the policy in force; the decision is counted and audited either way.
+pub(crate) fn register_and_decide(
+    conn: &Conn<'_>,
+    direction: Direction,
+    listener: &Arc<str>,
+    peer: &SpiffeId,
+) -> (Registration, bool) {
+    // Register before deciding: a policy change that lands in between then either finds
+    // this connection in the registry or is already visible to the decision below.
+    let registration = conn.shared.registry.register(
+        conn.id,
+        direction,
+        listener.clone(),
+        peer.clone(),
+        conn.addr,
+    );
+    let allowed = decide(conn, direction, listener, peer);
+    (registration, allowed)
+}
+
+/// Decides `peer` on `listener` against the policy in force, counting and auditing it.
+pub(crate) fn decide(
+    conn: &Conn<'_>,
+    direction: Direction,
+    listener: &Arc<str>,
+    peer: &SpiffeId,
+) -> bool {
+    let policy = conn.shared.policy.load();
+    let decision = policy.decide(direction, listener, peer);
+    conn.shared
+        .telemetry
+        .decision(conn.labels, conn.id, conn.addr, &decision, policy.version());
+    decision.allowed
+}
+
+/// The peer's share of connection slots (`limits.max_connections_per_peer`), or `None`
+/// when it holds all of it (then the refusal is counted and audited).
+pub(crate) fn take_share(
+    conn: &Conn<'_>,
+    direction: Direction,
+    listener: &Arc<str>,
+    peer: &SpiffeId,
+) -> Option<PeerSlot<SpiffeId>> {
+    let share = conn.shared.per_peer.acquire(peer);
+    if share.is_none() {
+        conn.shared.telemetry.refused_at_limit(
+            direction,
+            listener,
+            conn.addr,
+            Some(conn.labels),
+            "limits.max_connections_per_peer",
+        );
+    }
+    share
+}
+
+/// Which side [`connect`] dials, for its log lines.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Dial {
+    /// The local app (inbound).
+    App,
+    /// The upstream sidecar (outbound).
+    Upstream,
+}
+
+/// Connects to `target` within `limits.connect_timeout`. A failure is logged and reported
+/// as a close with reason `error`.
+pub(crate) async fn connect(conn: &Conn<'_>, target: &str, dial: Dial) -> Option<TcpStream> {
+    let limit = conn.shared.limits.connect_timeout;
+    let failure = match tokio::time::timeout(limit, TcpStream::connect(target)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            return Some(stream);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no connection within limits.connect_timeout".to_owned(),
+    };
+    match dial {
+        Dial::App => {
+            tracing::warn!(conn_id = conn.id, forward = target, error = %failure, "local app unreachable")
+        }
+        Dial::Upstream => {
+            tracing::warn!(conn_id = conn.id, connect = target, error = %failure, "upstream unreachable")
+        }
+    }
+    conn.shared
+        .telemetry
+        .closed(conn.labels, conn.id, conn.addr, CloseReason::Error, 0, 0);
+    None
+}
+
+/// Relays between the peer's (TLS) side and the local side until either ends or the
+/// connection is closed (revoked, drained, idle), then reports the close with its bytes.
+pub(crate) async fn relay_and_report<P, L>(
+    conn: &Conn<'_>,
+    peer_side: P,
+    local_side: L,
+    mut registration: Registration,
+) where
+    P: AsyncRead + AsyncWrite + Unpin,
+    L: AsyncRead + AsyncWrite + Unpin,
+{
+    let stats = registration.stats.clone();
+    let meters = conn.shared.telemetry.open(conn.labels);
+    let reason = crate::relay::relay(
+        meters.meter(peer_side),
+        local_side,
+        stats.clone(),
+        conn.shared.limits.idle_timeout,
+        &mut registration.closed,
+    )
+    .await;
+    conn.shared.telemetry.closed(
+        conn.labels,
+        conn.id,
+        conn.addr,
+        reason,
+        stats.rx(),
+        stats.tx(),
+    );
+}
