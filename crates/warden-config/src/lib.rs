@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
-use warden_identity::{IdentityConfig, SpiffeId, TrustDomain};
+use warden_identity::{IdentityConfig, SpiffeId, TrustDomain, WorkloadId, WorkloadIdError};
 
 /// A config error: where (file, key path) and what. The problem ends with ` (line N)` when
 /// the TOML parser knows the line.
@@ -104,13 +104,18 @@ impl Errors<'_> {
         text: &str,
         trust_domain: Option<&TrustDomain>,
     ) -> Result<SpiffeId, ConfigError> {
-        let id = SpiffeId::parse(text).map_err(|e| self.error(key, format!("{text:?}: {e}")))?;
-        if !id.is_workload() {
-            return Err(self.error(
-                key,
-                format!("{text:?} has no path; a workload SPIFFE ID is needed"),
-            ));
-        }
+        let id = match WorkloadId::parse(text) {
+            Ok(id) => id.into_spiffe_id(),
+            Err(WorkloadIdError::Invalid(e)) => {
+                return Err(self.error(key, format!("{text:?}: {e}")));
+            }
+            Err(WorkloadIdError::NoPath(_)) => {
+                return Err(self.error(
+                    key,
+                    format!("{text:?} has no path; a workload SPIFFE ID is needed"),
+                ));
+            }
+        };
         if let Some(td) = trust_domain
             && id.trust_domain_name() != td.as_str()
         {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http_body::{Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::Connected;
@@ -170,35 +170,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for IdleClose<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for IdleClose<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+delegate_async_write!(IdleClose<IO>, inner);
 
 // ---------------------------------------------------------------------------------------
 // Per request: the method gate and message limits.

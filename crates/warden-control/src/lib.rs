@@ -8,6 +8,49 @@
 //! never acknowledge a write before it is durable.
 #![forbid(unsafe_code)]
 
+/// `AsyncWrite` for a connection wrapper that changes only how it is read: every write goes
+/// to the wrapped stream in field `$field`. (The read-side wrappers: `transport::MtlsConn`,
+/// `grpc_limits::IdleClose`, `h2_authority::AuthorityFix`.)
+macro_rules! delegate_async_write {
+    ($ty:ident $(<$param:ident>)?, $field:ident) => {
+        impl$(<$param: tokio::io::AsyncWrite + Unpin>)? tokio::io::AsyncWrite for $ty$(<$param>)? {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                data: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.$field).poll_write(cx, data)
+            }
+
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.$field).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.$field).poll_shutdown(cx)
+            }
+
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.$field).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.$field.is_write_vectored()
+            }
+        }
+    };
+}
+
 pub mod ca;
 pub mod ca_source;
 pub mod config;

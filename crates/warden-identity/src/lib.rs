@@ -18,6 +18,7 @@ pub mod svid;
 pub mod tls;
 mod validated;
 pub mod verifier;
+pub mod workload_id;
 
 pub use bundle::{Bundle, BundleError, BundleSet};
 pub use identity::{Identity, IdentityError, IdentityStore};
@@ -30,3 +31,4 @@ pub use source::{
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use svid::{SvidError, Usage};
 pub use verifier::{HandshakeFailure, SvidClientVerifier, SvidServerVerifier, provider};
+pub use workload_id::{WorkloadId, WorkloadIdError};

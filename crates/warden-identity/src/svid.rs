@@ -15,6 +15,7 @@ use x509_parser::prelude::FromDer;
 
 use crate::bundle::BundleSet;
 use crate::spiffe_id::SpiffeId;
+use crate::workload_id::{WorkloadId, WorkloadIdError};
 
 /// id-kp-serverAuth (1.3.6.1.5.5.7.3.1), DER content octets.
 const EKU_SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
@@ -138,13 +139,15 @@ fn single_spiffe_uri<'a>(cert: &'a X509Certificate<'_>) -> Result<&'a str, SvidE
 /// Checks the leaf-certificate rules of the X509-SVID standard (not the chain).
 pub fn check_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
     let uri = single_spiffe_uri(cert)?;
-    let id = SpiffeId::parse(uri).map_err(|e| SvidError::InvalidSpiffeId {
-        uri: uri.to_owned(),
-        reason: e.to_string(),
-    })?;
-    if !id.is_workload() {
-        return Err(SvidError::NotAWorkloadId(id.to_string()));
-    }
+    let id = WorkloadId::parse(uri)
+        .map_err(|e| match e {
+            WorkloadIdError::Invalid(e) => SvidError::InvalidSpiffeId {
+                uri: uri.to_owned(),
+                reason: e.to_string(),
+            },
+            WorkloadIdError::NoPath(id) => SvidError::NotAWorkloadId(id),
+        })?
+        .into_spiffe_id();
     let bc = cert
         .basic_constraints()
         .map_err(|e| SvidError::Malformed(e.to_string()))?;

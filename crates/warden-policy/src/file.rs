@@ -11,7 +11,7 @@ use std::fmt::{self, Write as _};
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use warden_identity::{SpiffeId, SpiffeIdError};
+use warden_identity::{SpiffeIdError, WorkloadId, WorkloadIdError};
 
 use crate::model::{ListenerNameError, WorkloadPolicy, validate_listener_name};
 use crate::pattern::{Pattern, PatternError};
@@ -315,18 +315,18 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
                 let Node::Str(s) = value else {
                     return Err(wrong_type(&key_path, "a SPIFFE ID string", &value));
                 };
-                let id = SpiffeId::parse(&s).map_err(|reason| PolicyFileError::SpiffeId {
-                    path: key_path.clone(),
-                    value: s.clone(),
-                    reason,
+                let id = WorkloadId::parse(&s).map_err(|e| match e {
+                    WorkloadIdError::Invalid(reason) => PolicyFileError::SpiffeId {
+                        path: key_path.clone(),
+                        value: s.clone(),
+                        reason,
+                    },
+                    WorkloadIdError::NoPath(_) => PolicyFileError::NotWorkload {
+                        path: key_path.clone(),
+                        value: s.clone(),
+                    },
                 })?;
-                if !id.is_workload() {
-                    return Err(PolicyFileError::NotWorkload {
-                        path: key_path,
-                        value: s,
-                    });
-                }
-                spiffe_id = Some(id);
+                spiffe_id = Some(id.into_spiffe_id());
             }
             "inbound" => inbound = read_listeners(&key_path, value)?,
             "outbound" => outbound = read_listeners(&key_path, value)?,

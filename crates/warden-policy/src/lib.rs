@@ -22,9 +22,9 @@ pub mod wire;
 
 pub use file::{Format, PolicyFileError, parse_policy_file, parse_policy_file_as, to_toml};
 pub use model::{
-    Direction, ListenerNameError, MAX_LISTENER_NAME_LEN, ModelError, WorkloadPolicy,
+    Direction, ListenerName, ListenerNameError, MAX_LISTENER_NAME_LEN, ModelError, WorkloadPolicy,
     validate_listener_name,
 };
 pub use pattern::{Pattern, PatternError};
 pub use snapshot::{Decision, PolicySnapshot, PolicySource, Reason};
-pub use warden_identity::{SpiffeId, SpiffeIdError};
+pub use warden_identity::{SpiffeId, SpiffeIdError, WorkloadId, WorkloadIdError};

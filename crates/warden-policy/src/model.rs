@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize, Serializer};
-use warden_identity::{SpiffeId, SpiffeIdError};
+use warden_identity::{SpiffeId, SpiffeIdError, WorkloadId, WorkloadIdError};
 
 use crate::pattern::Pattern;
 
@@ -53,6 +53,28 @@ pub enum ListenerNameError {
     TooLong(usize),
     #[error("listener name contains {0:?}, but only A-Z, a-z, 0-9, '_' and '-' are allowed")]
     BadChar(char),
+}
+
+/// A listener name that passed [`validate_listener_name`]: what every front-end (sidecar
+/// config, policy file, wire, store, cache) checks a name with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerName(Box<str>);
+
+impl ListenerName {
+    pub fn parse(name: &str) -> Result<Self, ListenerNameError> {
+        validate_listener_name(name)?;
+        Ok(ListenerName(name.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ListenerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Checks a listener name against `[A-Za-z0-9_-]{1,64}`.
@@ -161,14 +183,15 @@ impl TryFrom<RawWorkloadPolicy> for WorkloadPolicy {
 
 /// Parses the ID a policy belongs to, which must name a workload.
 pub(crate) fn parse_workload_id(value: &str) -> Result<SpiffeId, ModelError> {
-    let id = SpiffeId::parse(value).map_err(|reason| ModelError::SpiffeId {
-        value: value.to_owned(),
-        reason,
-    })?;
-    if !id.is_workload() {
-        return Err(ModelError::NotWorkload(value.to_owned()));
-    }
-    Ok(id)
+    WorkloadId::parse(value)
+        .map(WorkloadId::into_spiffe_id)
+        .map_err(|e| match e {
+            WorkloadIdError::Invalid(reason) => ModelError::SpiffeId {
+                value: value.to_owned(),
+                reason,
+            },
+            WorkloadIdError::NoPath(_) => ModelError::NotWorkload(value.to_owned()),
+        })
 }
 
 impl WorkloadPolicy {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::{Direction, Pattern, WorkloadPolicy, validate_listener_name};
 use thiserror::Error;
-use warden_identity::SpiffeId;
+use warden_identity::{SpiffeId, WorkloadId};
 use warden_proto::control::v1 as pb;
 
 #[derive(Debug, Error)]
@@ -53,17 +53,12 @@ pub fn to_proto(p: &WorkloadPolicy) -> pb::WorkloadPolicy {
 }
 
 pub fn workload_id(value: &str) -> Result<SpiffeId, ConvertError> {
-    let id = SpiffeId::parse(value).map_err(|e| ConvertError::SpiffeId {
-        value: value.to_owned(),
-        reason: e.to_string(),
-    })?;
-    if !id.is_workload() {
-        return Err(ConvertError::SpiffeId {
+    WorkloadId::parse(value)
+        .map(WorkloadId::into_spiffe_id)
+        .map_err(|e| ConvertError::SpiffeId {
             value: value.to_owned(),
-            reason: "a workload SPIFFE ID needs a path".into(),
-        });
-    }
-    Ok(id)
+            reason: e.to_string(),
+        })
 }
 
 pub fn from_proto(p: &pb::WorkloadPolicy) -> Result<WorkloadPolicy, ConvertError> {

@@ -266,16 +266,8 @@ impl Validator<'_> {
     }
 
     fn name(&self, key: String, name: &str, seen: &mut Vec<String>) -> Result<(), ConfigError> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !ok {
-            return Err(self.e(
-                key,
-                format!("{name:?}: a listener name is 1-64 characters of A-Z a-z 0-9 - _"),
-            ));
+        if let Err(e) = warden_policy::ListenerName::parse(name) {
+            return Err(self.e(key, format!("{name:?}: {e}")));
         }
         if seen.iter().any(|s| s == name) {
             return Err(self.e(
