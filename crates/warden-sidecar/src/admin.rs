@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
 use warden_policy::Direction;
 
-use crate::Shared;
+use crate::shared::Shared;
 
 const MAX_CONNECTIONS: usize = 256;
 /// Listen backlog of the admin listeners (as Envoy's listeners default to); the kernel caps

@@ -1,6 +1,6 @@
 //! The steps every connection takes, whichever listener accepted it:
 //!
-//! 1. accept, holding a connection slot (`workers.rs`, `accept_loop` in `lib.rs`);
+//! 1. accept, holding a connection slot (`workers.rs`: `accept_loop`);
 //! 2. the TLS handshake, timed and classified (`tls::timed_handshake`);
 //! 3. the peer's share of connection slots ([`take_share`], inbound);
 //! 4. register, then decide against the policy in force ([`decide`]): one road for every
@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 use warden_identity::{PeerSlot, SpiffeId};
 use warden_policy::Direction;
 
-use crate::Shared;
 use crate::registry::{CloseReason, Registration};
+use crate::shared::Shared;
 use crate::telemetry::PeerLabels;
 
 /// One connection's identity for reporting: its labels, id and the address it came from.

@@ -10,9 +10,9 @@ use warden_identity::HandshakeFailure;
 use warden_identity::svid::spiffe_id_of;
 use warden_policy::Direction;
 
-use crate::Shared;
 use crate::flow;
 use crate::readahead::ReadAhead;
+use crate::shared::Shared;
 
 pub(crate) struct InboundListener {
     pub name: Arc<str>,
@@ -25,7 +25,7 @@ pub(crate) async fn serve(
     listener: Arc<InboundListener>,
     tcp: TcpStream,
     peer_addr: SocketAddr,
-    permits: crate::Permits,
+    permits: crate::shared::Permits,
 ) {
     const DIR: Direction = Direction::Inbound;
     let conn_id = shared.registry.next_id();
@@ -56,7 +56,7 @@ pub(crate) async fn serve(
     };
     // The handshake is over: free its slot now, so `max_pending_handshakes` counts only
     // connections still negotiating (the connection slot stays until the task ends).
-    let crate::Permits {
+    let crate::shared::Permits {
         _connection,
         handshake,
     } = permits;

@@ -12,35 +12,39 @@ pub mod audit;
 pub mod config;
 pub mod control;
 mod flow;
+mod identity;
 mod inbound;
 pub mod metrics;
 mod outbound;
+mod policy;
 mod pool;
 mod readahead;
 pub mod registry;
 mod relay;
+mod shared;
 pub mod telemetry;
 pub mod tls;
 mod workers;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use warden_identity::{IdentityStore, SourceEvent, SvidSource};
+use warden_identity::{IdentityStore, SvidSource};
 use warden_policy::PolicySnapshot;
 
 pub use config::{ConfigError, IdentityConfig, Limits, SidecarConfig};
+pub use policy::{initial_policy, static_policy};
 pub use registry::{CloseReason, ConnectionInfo, Registry};
 pub use telemetry::{PolicyOutcome, RotationOutcome, Telemetry};
 pub use warden_identity::source_for;
+
+use shared::Shared;
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -56,79 +60,6 @@ pub enum StartError {
     Audit(#[from] audit::AuditError),
     #[error("data-plane worker: {0}")]
     Worker(String),
-}
-
-/// State shared by every connection task.
-pub(crate) struct Shared {
-    pub identity: Arc<IdentityStore>,
-    pub policy: ArcSwap<PolicySnapshot>,
-    pub registry: Arc<Registry>,
-    pub telemetry: Telemetry,
-    pub limits: Limits,
-    /// One per open connection (`limits.max_connections`).
-    pub permits: Arc<Semaphore>,
-    /// One per inbound connection still in its TLS handshake
-    /// (`limits.max_pending_handshakes`).
-    pub handshakes: Arc<Semaphore>,
-    /// Inbound connections per peer SPIFFE ID (`limits.max_connections_per_peer`).
-    pub per_peer: Arc<warden_identity::PeerCounts<warden_identity::SpiffeId>>,
-}
-
-/// What an accepted connection holds: its connection slot for its whole life and, inbound,
-/// a handshake slot that `inbound::serve` drops as soon as the handshake has ended.
-pub(crate) struct Permits {
-    pub _connection: tokio::sync::OwnedSemaphorePermit,
-    pub handshake: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl Shared {
-    pub(crate) fn apply_policy(&self, policy: PolicySnapshot, outcome: PolicyOutcome) -> usize {
-        // Store first, then re-check: a connection registering concurrently either sees the
-        // new policy in its own decision or is found by the re-check.
-        self.policy.store(Arc::new(policy));
-        let policy = self.policy.load();
-        let revoked = self.registry.recheck(&policy);
-        self.telemetry
-            .policy_update(outcome, policy.version(), policy.source().as_str(), revoked);
-        revoked
-    }
-}
-
-/// The policy a sidecar enforces from start-up until it knows its own SPIFFE ID: the static
-/// allowlists (a listener without `allow` denies everyone). The last-known-good cache is
-/// checked against that ID and put in force only then (`control::enforce_cache`), so a
-/// cache written for another workload can never widen access.
-pub fn initial_policy(config: &SidecarConfig) -> PolicySnapshot {
-    static_policy(config)
-}
-
-/// The rules of the config file as a policy: each inbound listener's `allow` list and,
-/// without a control plane, each outbound listener's `server_id` (the one upstream it may
-/// reach). Under a control plane its policy decides outbound calls, and until it has
-/// spoken none is allowed: static outbound rules are left out.
-pub fn static_policy(config: &SidecarConfig) -> PolicySnapshot {
-    let inbound: BTreeMap<_, _> = config
-        .inbound
-        .iter()
-        .map(|l| (l.name.clone(), l.allow.clone()))
-        .collect();
-    let outbound: BTreeMap<_, _> = if config.policy.control_plane.is_some() {
-        BTreeMap::new()
-    } else {
-        config
-            .outbound
-            .iter()
-            .map(|l| {
-                // A configured server_id is a workload ID, so it is always a valid exact
-                // pattern; were it not, the listener would have no rule and deny.
-                let rule = warden_policy::Pattern::exact(&l.server_id)
-                    .into_iter()
-                    .collect();
-                (l.name.clone(), rule)
-            })
-            .collect()
-    };
-    PolicySnapshot::from_static(inbound, outbound)
 }
 
 /// A running sidecar. Dropping it stops the listeners; call [`Sidecar::shutdown`] to drain.
@@ -268,7 +199,7 @@ impl Sidecar {
             .control_plane
             .as_ref()
             .and(config.policy.cache.clone());
-        let identity_task = tokio::spawn(follow_identity(source, shared.clone(), cache));
+        let identity_task = tokio::spawn(identity::follow_identity(source, shared.clone(), cache));
         let watch_task = config.policy.control_plane.as_ref().map(|url| {
             let target = control::WatchTarget {
                 url: url.clone(),
@@ -388,117 +319,4 @@ pub fn default_control_plane_id(
         trust_domain.id_string()
     ))
     .expect("trust domain + fixed path is a valid SPIFFE ID")
-}
-
-/// Accepts until told to stop. Accept errors (out of file descriptors, most often) back off
-/// instead of spinning, and the loop recovers by itself once resources free up.
-///
-/// A connection over `limits.max_connections`, or (inbound, `handshake_limit`) over
-/// `limits.max_pending_handshakes`, is closed at once: it never costs a task or a handshake.
-async fn accept_loop(
-    tcp: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    shared: Arc<Shared>,
-    (direction, listener): (warden_policy::Direction, Arc<str>),
-    handshake_limit: bool,
-    serve: impl Fn(tokio::net::TcpStream, SocketAddr, Permits),
-) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            accepted = tcp.accept() => match accepted {
-                Ok((stream, addr)) => {
-                    backoff = Duration::from_millis(5);
-                    let Ok(connection) = shared.permits.clone().try_acquire_owned() else {
-                        refuse(&shared, direction, &listener, addr, "limits.max_connections");
-                        continue;
-                    };
-                    let handshake = if handshake_limit {
-                        match shared.handshakes.clone().try_acquire_owned() {
-                            Ok(p) => Some(p),
-                            Err(_) => {
-                                refuse(&shared, direction, &listener, addr, "limits.max_pending_handshakes");
-                                continue;
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    serve(stream, addr, Permits { _connection: connection, handshake });
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                    // A stop during the back-off ends the loop at once.
-                    tokio::select! {
-                        _ = stop.changed() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
-    }
-}
-
-/// Counts and audits a connection refused at a limit; the caller drops the socket.
-fn refuse(
-    shared: &Shared,
-    direction: warden_policy::Direction,
-    listener: &Arc<str>,
-    addr: SocketAddr,
-    limit: &'static str,
-) {
-    // Debug, not warn: under a flood this runs per connection, and the metric plus the
-    // rate-limited audit record already say it; a log line each would be a disk DoS.
-    tracing::debug!(%addr, limit, "connection refused at a limit");
-    shared
-        .telemetry
-        .refused_at_limit(direction, listener, addr, None, limit);
-}
-
-/// Moves identities from the source into the store, logging each rotation. Never logs key
-/// material: `Identity`'s Debug has none.
-///
-/// The first SVID, and any later one with another SPIFFE ID, is when the policy cache can be
-/// checked against who this sidecar is; that happens before the SVID is installed, so no
-/// handshake is served under a policy that has not been checked.
-async fn follow_identity(
-    source: Box<dyn SvidSource>,
-    shared: Arc<Shared>,
-    cache: Option<std::path::PathBuf>,
-) {
-    let name = source.name();
-    let mut handle = source.start();
-    let mut checked_for: Option<warden_identity::SpiffeId> = None;
-    while let Some(event) = handle.events.recv().await {
-        match event {
-            SourceEvent::Updated(identity) => {
-                let expires = humantime::format_rfc3339_seconds(identity.not_after());
-                tracing::info!(source = name, spiffe_id = %identity.spiffe_id(), %expires, "SVID loaded");
-                if let Some(path) = &cache
-                    && checked_for.as_ref() != Some(identity.spiffe_id())
-                {
-                    if checked_for.is_some()
-                        && shared.policy.load().source() == warden_policy::PolicySource::Cache
-                    {
-                        // The cache in force was checked for the previous ID: deny until
-                        // the control plane speaks, unless a cache for the new ID exists.
-                        shared.apply_policy(PolicySnapshot::deny_all(), PolicyOutcome::Applied);
-                    }
-                    control::enforce_cache(&shared, path, identity.spiffe_id());
-                    checked_for = Some(identity.spiffe_id().clone());
-                }
-                shared.telemetry.svid_loaded(name, &identity);
-                shared.identity.set(identity);
-            }
-            SourceEvent::Rejected { reason } => {
-                tracing::warn!(source = name, %reason, "new SVID rejected; keeping the previous one");
-                shared.telemetry.svid_rejected(name, &reason.to_string());
-            }
-            SourceEvent::Unavailable { reason } => {
-                tracing::warn!(source = name, %reason, "SVID source unavailable");
-            }
-        }
-    }
 }

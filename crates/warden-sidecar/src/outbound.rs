@@ -12,9 +12,9 @@ use tokio_rustls::TlsConnector;
 use warden_identity::SpiffeId;
 use warden_policy::Direction;
 
-use crate::Shared;
 use crate::flow;
 use crate::readahead::ReadAhead;
+use crate::shared::Shared;
 
 pub(crate) struct OutboundListener {
     pub name: Arc<str>,
@@ -29,7 +29,7 @@ pub(crate) async fn serve(
     listener: Arc<OutboundListener>,
     app: TcpStream,
     app_addr: SocketAddr,
-    _permits: crate::Permits,
+    _permits: crate::shared::Permits,
 ) {
     const DIR: Direction = Direction::Outbound;
     let conn_id = shared.registry.next_id();

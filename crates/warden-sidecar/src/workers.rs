@@ -27,13 +27,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use warden_policy::Direction;
 
-use crate::{Permits, Shared, StartError};
+use crate::StartError;
+use crate::shared::{Permits, Shared};
 
 /// Listen backlog of each accept socket (tokio's default for `TcpListener::bind`).
 const BACKLOG: u32 = 1024;
@@ -250,7 +252,7 @@ impl Worker {
                         return;
                     }
                 };
-                loops.spawn(crate::accept_loop(
+                loops.spawn(accept_loop(
                     tcp,
                     stop.clone(),
                     shared.clone(),
@@ -275,4 +277,71 @@ impl Worker {
         // `connect` name; `Workers::drop` joins this thread, so bound that wait.
         runtime.shutdown_timeout(SHUTDOWN_BLOCKING_WAIT);
     }
+}
+
+/// Accepts until told to stop. Accept errors (out of file descriptors, most often) back off
+/// instead of spinning, and the loop recovers by itself once resources free up.
+///
+/// A connection over `limits.max_connections`, or (inbound, `handshake_limit`) over
+/// `limits.max_pending_handshakes`, is closed at once: it never costs a task or a handshake.
+async fn accept_loop(
+    tcp: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+    (direction, listener): (warden_policy::Direction, Arc<str>),
+    handshake_limit: bool,
+    serve: impl Fn(tokio::net::TcpStream, SocketAddr, Permits),
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = tcp.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    backoff = Duration::from_millis(5);
+                    let Ok(connection) = shared.permits.clone().try_acquire_owned() else {
+                        refuse(&shared, direction, &listener, addr, "limits.max_connections");
+                        continue;
+                    };
+                    let handshake = if handshake_limit {
+                        match shared.handshakes.clone().try_acquire_owned() {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                refuse(&shared, direction, &listener, addr, "limits.max_pending_handshakes");
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    serve(stream, addr, Permits { _connection: connection, handshake });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                    // A stop during the back-off ends the loop at once.
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// Counts and audits a connection refused at a limit; the caller drops the socket.
+fn refuse(
+    shared: &Shared,
+    direction: warden_policy::Direction,
+    listener: &Arc<str>,
+    addr: SocketAddr,
+    limit: &'static str,
+) {
+    // Debug, not warn: under a flood this runs per connection, and the metric plus the
+    // rate-limited audit record already say it; a log line each would be a disk DoS.
+    tracing::debug!(%addr, limit, "connection refused at a limit");
+    shared
+        .telemetry
+        .refused_at_limit(direction, listener, addr, None, limit);
 }

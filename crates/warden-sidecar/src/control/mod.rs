@@ -20,7 +20,7 @@ use warden_policy::{PolicySnapshot, PolicySource, WorkloadPolicy};
 use warden_proto::control::v1::policy_service_client::PolicyServiceClient;
 use warden_proto::control::v1::{self as pb, WatchRequest, watch_request};
 
-use crate::Shared;
+use crate::shared::Shared;
 use crate::telemetry::PolicyOutcome;
 
 /// Where and whom to watch.

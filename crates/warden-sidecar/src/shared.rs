@@ -1,0 +1,50 @@
+//! The state every connection task of one sidecar shares (identity, policy in force,
+//! registry of open connections, telemetry, limits and their permits), and the one way a
+//! policy is put in force: store, then re-check every open connection.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+use warden_identity::{IdentityStore, PeerCounts, SpiffeId};
+use warden_policy::PolicySnapshot;
+
+use crate::config::Limits;
+use crate::registry::Registry;
+use crate::telemetry::{PolicyOutcome, Telemetry};
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub identity: Arc<IdentityStore>,
+    pub policy: ArcSwap<PolicySnapshot>,
+    pub registry: Arc<Registry>,
+    pub telemetry: Telemetry,
+    pub limits: Limits,
+    /// One per open connection (`limits.max_connections`).
+    pub permits: Arc<Semaphore>,
+    /// One per inbound connection still in its TLS handshake
+    /// (`limits.max_pending_handshakes`).
+    pub handshakes: Arc<Semaphore>,
+    /// Inbound connections per peer SPIFFE ID (`limits.max_connections_per_peer`).
+    pub per_peer: Arc<PeerCounts<SpiffeId>>,
+}
+
+/// What an accepted connection holds: its connection slot for its whole life and, inbound,
+/// a handshake slot that `inbound::serve` drops as soon as the handshake has ended.
+pub(crate) struct Permits {
+    pub _connection: tokio::sync::OwnedSemaphorePermit,
+    pub handshake: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Shared {
+    pub(crate) fn apply_policy(&self, policy: PolicySnapshot, outcome: PolicyOutcome) -> usize {
+        // Store first, then re-check: a connection registering concurrently either sees the
+        // new policy in its own decision or is found by the re-check.
+        self.policy.store(Arc::new(policy));
+        let policy = self.policy.load();
+        let revoked = self.registry.recheck(&policy);
+        self.telemetry
+            .policy_update(outcome, policy.version(), policy.source().as_str(), revoked);
+        revoked
+    }
+}
