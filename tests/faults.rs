@@ -197,14 +197,7 @@ async fn upstream_app_down_closes_the_connection_with_reason_error() {
         ("listener", "http"),
         ("reason", "error"),
     ];
-    wait_until("close counted as error", DEADLINE, || {
-        metric(
-            &s.telemetry().metrics().encode().expect("encode"),
-            "warden_connections_closed_total",
-            &want,
-        ) == 1
-    })
-    .await;
+    wait_metric(&s, "warden_connections_closed_total", &want, 1).await;
     // The peer was authorized (audited) before the app was tried. The audit writer is
     // asynchronous, so wait for the record rather than read the file once.
     let audit_path = dir.path().join("audit.jsonl");

@@ -207,14 +207,7 @@ async fn outbound_sends_nothing_to_an_upstream_whose_svid_a_non_signing_intermed
         "got an answer from the impostor: {res:?}"
     );
     let want = [("direction", "outbound"), ("result", "untrusted")];
-    wait_until("outbound untrusted counted", DEADLINE, || {
-        metric(
-            &a.telemetry().metrics().encode().expect("encode"),
-            "warden_tls_handshakes_total",
-            &want,
-        ) == 1
-    })
-    .await;
+    wait_metric(&a, "warden_tls_handshakes_total", &want, 1).await;
     wait_until("outbound failure audited with why", DEADLINE, || {
         audit_records(&audit).iter().any(|r| {
             r["event"] == "handshake_failure"

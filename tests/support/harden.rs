@@ -168,6 +168,23 @@ pub fn audit_records(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Waits until the sidecar's `name{want…}` metric reads exactly `n`.
+pub async fn wait_metric(
+    sidecar: &warden_sidecar::Sidecar,
+    name: &str,
+    want: &[(&str, &str)],
+    n: u64,
+) {
+    crate::common::wait_until(&format!("{name} {want:?} = {n}"), DEADLINE, || {
+        metric(
+            &sidecar.telemetry().metrics().encode().expect("encode"),
+            name,
+            want,
+        ) == n
+    })
+    .await;
+}
+
 /// Reads until the server closes the connection (EOF or reset); panics if it stays open.
 pub async fn assert_closed_by_server(s: &mut TcpStream) {
     let mut buf = vec![0u8; 64 * 1024];
