@@ -5,16 +5,17 @@
 //! and lets every error name its exact key path (`workload[1].inbound.http[0]`), which
 //! serde's derived errors do not do on their own.
 
-use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use warden_identity::{SpiffeIdError, WorkloadId, WorkloadIdError};
+use warden_identity::SpiffeIdError;
 
-use crate::model::{ListenerNameError, WorkloadPolicy, validate_listener_name};
-use crate::pattern::{Pattern, PatternError};
+use crate::model::{
+    Direction, ListenerNameError, PartError, RawListeners, WorkloadPolicy, validate_parts,
+};
+use crate::pattern::PatternError;
 
 /// The syntax of a policy file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,8 +307,8 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
         return Err(wrong_type(path, "a table", &node));
     };
     let mut spiffe_id = None;
-    let mut inbound = BTreeMap::new();
-    let mut outbound = BTreeMap::new();
+    let mut inbound = Vec::new();
+    let mut outbound = Vec::new();
     for (key, value) in entries {
         let key_path = join(path, &key);
         match key.as_str() {
@@ -315,18 +316,7 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
                 let Node::Str(s) = value else {
                     return Err(wrong_type(&key_path, "a SPIFFE ID string", &value));
                 };
-                let id = WorkloadId::parse(&s).map_err(|e| match e {
-                    WorkloadIdError::Invalid(reason) => PolicyFileError::SpiffeId {
-                        path: key_path.clone(),
-                        value: s.clone(),
-                        reason,
-                    },
-                    WorkloadIdError::NoPath(_) => PolicyFileError::NotWorkload {
-                        path: key_path.clone(),
-                        value: s.clone(),
-                    },
-                })?;
-                spiffe_id = Some(id.into_spiffe_id());
+                spiffe_id = Some(s);
             }
             "inbound" => inbound = read_listeners(&key_path, value)?,
             "outbound" => outbound = read_listeners(&key_path, value)?,
@@ -343,16 +333,52 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
             path: join(path, "spiffe_id"),
         });
     };
-    let mut policy = WorkloadPolicy::new(spiffe_id);
-    policy.inbound = inbound;
-    policy.outbound = outbound;
-    Ok(policy)
+    // The same validation as the wire and the store; only the error's key path is ours.
+    validate_parts(&spiffe_id, borrowed(&inbound), borrowed(&outbound)).map_err(|e| {
+        let listener_path =
+            |direction: Direction, name: &str| join(&join(path, direction.as_str()), name);
+        match e {
+            PartError::SpiffeId { value, reason } => PolicyFileError::SpiffeId {
+                path: join(path, "spiffe_id"),
+                value,
+                reason,
+            },
+            PartError::NotWorkload { value } => PolicyFileError::NotWorkload {
+                path: join(path, "spiffe_id"),
+                value,
+            },
+            PartError::ListenerName {
+                direction,
+                name,
+                reason,
+            } => PolicyFileError::ListenerName {
+                path: listener_path(direction, &name),
+                reason,
+            },
+            PartError::Pattern {
+                direction,
+                name,
+                index,
+                value,
+                reason,
+            } => PolicyFileError::Pattern {
+                path: format!("{}[{index}]", listener_path(direction, &name)),
+                value,
+                reason,
+            },
+        }
+    })
 }
 
-fn read_listeners(
-    path: &str,
-    node: Node,
-) -> Result<BTreeMap<String, Vec<Pattern>>, PolicyFileError> {
+fn borrowed(raw: &[(String, Vec<String>)]) -> RawListeners<'_> {
+    raw.iter()
+        .map(|(name, list)| (name.as_str(), list.iter().map(String::as_str).collect()))
+        .collect()
+}
+
+/// A table of listener name -> array of pattern strings, type-checked; the names and
+/// patterns themselves are validated by `validate_parts`.
+fn read_listeners(path: &str, node: Node) -> Result<Vec<(String, Vec<String>)>, PolicyFileError> {
     let Node::Table(entries) = node else {
         return Err(wrong_type(
             path,
@@ -360,13 +386,9 @@ fn read_listeners(
             &node,
         ));
     };
-    let mut out = BTreeMap::new();
+    let mut out = Vec::with_capacity(entries.len());
     for (name, value) in entries {
         let list_path = join(path, &name);
-        validate_listener_name(&name).map_err(|reason| PolicyFileError::ListenerName {
-            path: list_path.clone(),
-            reason,
-        })?;
         let Node::Array(items) = value else {
             return Err(wrong_type(
                 &list_path,
@@ -376,18 +398,16 @@ fn read_listeners(
         };
         let mut patterns = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            let item_path = format!("{list_path}[{i}]");
             let Node::Str(s) = item else {
-                return Err(wrong_type(&item_path, "a SPIFFE ID pattern string", &item));
+                return Err(wrong_type(
+                    &format!("{list_path}[{i}]"),
+                    "a SPIFFE ID pattern string",
+                    &item,
+                ));
             };
-            let pattern = Pattern::parse(&s).map_err(|reason| PolicyFileError::Pattern {
-                path: item_path,
-                value: s,
-                reason,
-            })?;
-            patterns.push(pattern);
+            patterns.push(s);
         }
-        out.insert(name, patterns);
+        out.push((name, patterns));
     }
     Ok(out)
 }

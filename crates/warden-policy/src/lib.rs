@@ -22,8 +22,8 @@ pub mod wire;
 
 pub use file::{Format, PolicyFileError, parse_policy_file, parse_policy_file_as, to_toml};
 pub use model::{
-    Direction, ListenerName, ListenerNameError, MAX_LISTENER_NAME_LEN, ModelError, WorkloadPolicy,
-    validate_listener_name,
+    Direction, ListenerName, ListenerNameError, MAX_LISTENER_NAME_LEN, ModelError, PartError,
+    RawListeners, WorkloadPolicy, validate_listener_name, validate_parts,
 };
 pub use pattern::{Pattern, PatternError};
 pub use snapshot::{Decision, PolicySnapshot, PolicySource, Reason};

@@ -94,6 +94,86 @@ pub fn validate_listener_name(name: &str) -> Result<(), ListenerNameError> {
     Ok(())
 }
 
+/// What was wrong with one part of a policy, and where (structured, so that each
+/// front-end writes the location its own way: a file's key path, a wire field).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartError {
+    SpiffeId {
+        value: String,
+        reason: SpiffeIdError,
+    },
+    NotWorkload {
+        value: String,
+    },
+    ListenerName {
+        direction: Direction,
+        name: String,
+        reason: ListenerNameError,
+    },
+    Pattern {
+        direction: Direction,
+        name: String,
+        index: usize,
+        value: String,
+        reason: crate::pattern::PatternError,
+    },
+}
+
+/// The listeners of one direction as they arrived: name -> pattern texts.
+pub type RawListeners<'a> = Vec<(&'a str, Vec<&'a str>)>;
+
+/// The one validation of a workload policy, whatever it arrived in (a policy file, the
+/// control plane's wire message, the store, the sidecar's cache): the ID must name a
+/// workload, every listener name must be a [`ListenerName`], every pattern must parse.
+/// Parts are checked in order (ID, inbound, outbound), so the first error is reported.
+pub fn validate_parts(
+    spiffe_id: &str,
+    inbound: RawListeners<'_>,
+    outbound: RawListeners<'_>,
+) -> Result<WorkloadPolicy, PartError> {
+    let id = WorkloadId::parse(spiffe_id).map_err(|e| match e {
+        WorkloadIdError::Invalid(reason) => PartError::SpiffeId {
+            value: spiffe_id.to_owned(),
+            reason,
+        },
+        WorkloadIdError::NoPath(_) => PartError::NotWorkload {
+            value: spiffe_id.to_owned(),
+        },
+    })?;
+    let mut policy = WorkloadPolicy::new(id.into_spiffe_id());
+    for (direction, raw) in [
+        (Direction::Inbound, inbound),
+        (Direction::Outbound, outbound),
+    ] {
+        for (name, texts) in raw {
+            ListenerName::parse(name).map_err(|reason| PartError::ListenerName {
+                direction,
+                name: name.to_owned(),
+                reason,
+            })?;
+            let patterns = texts
+                .iter()
+                .enumerate()
+                .map(|(index, text)| {
+                    Pattern::parse(text).map_err(|reason| PartError::Pattern {
+                        direction,
+                        name: name.to_owned(),
+                        index,
+                        value: (*text).to_owned(),
+                        reason,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let map = match direction {
+                Direction::Inbound => &mut policy.inbound,
+                Direction::Outbound => &mut policy.outbound,
+            };
+            map.insert(name.to_owned(), patterns);
+        }
+    }
+    Ok(policy)
+}
+
 /// Why a serialized `WorkloadPolicy` was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
@@ -110,6 +190,45 @@ pub enum ModelError {
         name: String,
         reason: ListenerNameError,
     },
+    #[error("{direction}.{name:?}[{index}] {value:?}: {reason}")]
+    Pattern {
+        direction: Direction,
+        name: String,
+        index: usize,
+        value: String,
+        reason: crate::pattern::PatternError,
+    },
+}
+
+impl From<PartError> for ModelError {
+    fn from(e: PartError) -> Self {
+        match e {
+            PartError::SpiffeId { value, reason } => ModelError::SpiffeId { value, reason },
+            PartError::NotWorkload { value } => ModelError::NotWorkload(value),
+            PartError::ListenerName {
+                direction,
+                name,
+                reason,
+            } => ModelError::ListenerName {
+                direction,
+                name,
+                reason,
+            },
+            PartError::Pattern {
+                direction,
+                name,
+                index,
+                value,
+                reason,
+            } => ModelError::Pattern {
+                direction,
+                name,
+                index,
+                value,
+                reason,
+            },
+        }
+    }
 }
 
 /// The allowlist of one workload.
@@ -142,9 +261,9 @@ fn serialize_id<S: Serializer>(id: &SpiffeId, serializer: S) -> Result<S::Ok, S:
 struct RawWorkloadPolicy {
     spiffe_id: String,
     #[serde(default)]
-    inbound: BTreeMap<String, Vec<Pattern>>,
+    inbound: BTreeMap<String, Vec<String>>,
     #[serde(default)]
-    outbound: BTreeMap<String, Vec<Pattern>>,
+    outbound: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     version: u64,
     #[serde(default)]
@@ -153,45 +272,26 @@ struct RawWorkloadPolicy {
     updated_at_unix_ms: Option<u64>,
 }
 
+fn listeners(map: &BTreeMap<String, Vec<String>>) -> RawListeners<'_> {
+    map.iter()
+        .map(|(name, list)| (name.as_str(), list.iter().map(String::as_str).collect()))
+        .collect()
+}
+
 impl TryFrom<RawWorkloadPolicy> for WorkloadPolicy {
     type Error = ModelError;
 
     fn try_from(raw: RawWorkloadPolicy) -> Result<Self, Self::Error> {
-        let spiffe_id = parse_workload_id(&raw.spiffe_id)?;
-        for (direction, map) in [
-            (Direction::Inbound, &raw.inbound),
-            (Direction::Outbound, &raw.outbound),
-        ] {
-            for name in map.keys() {
-                validate_listener_name(name).map_err(|reason| ModelError::ListenerName {
-                    direction,
-                    name: name.clone(),
-                    reason,
-                })?;
-            }
-        }
-        Ok(WorkloadPolicy {
-            spiffe_id,
-            inbound: raw.inbound,
-            outbound: raw.outbound,
-            version: raw.version,
-            updated_by: raw.updated_by,
-            updated_at_unix_ms: raw.updated_at_unix_ms,
-        })
+        let mut policy = validate_parts(
+            &raw.spiffe_id,
+            listeners(&raw.inbound),
+            listeners(&raw.outbound),
+        )?;
+        policy.version = raw.version;
+        policy.updated_by = raw.updated_by;
+        policy.updated_at_unix_ms = raw.updated_at_unix_ms;
+        Ok(policy)
     }
-}
-
-/// Parses the ID a policy belongs to, which must name a workload.
-pub(crate) fn parse_workload_id(value: &str) -> Result<SpiffeId, ModelError> {
-    WorkloadId::parse(value)
-        .map(WorkloadId::into_spiffe_id)
-        .map_err(|e| match e {
-            WorkloadIdError::Invalid(reason) => ModelError::SpiffeId {
-                value: value.to_owned(),
-                reason,
-            },
-            WorkloadIdError::NoPath(_) => ModelError::NotWorkload(value.to_owned()),
-        })
 }
 
 impl WorkloadPolicy {

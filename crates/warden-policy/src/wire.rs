@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::{Direction, Pattern, WorkloadPolicy, validate_listener_name};
+use crate::model::{PartError, RawListeners, validate_parts};
+use crate::{Pattern, WorkloadPolicy};
 use thiserror::Error;
-use warden_identity::{SpiffeId, WorkloadId};
+use warden_identity::{SpiffeId, WorkloadId, WorkloadIdError};
 use warden_proto::control::v1 as pb;
 
 #[derive(Debug, Error)]
@@ -61,35 +62,57 @@ pub fn workload_id(value: &str) -> Result<SpiffeId, ConvertError> {
         })
 }
 
+/// A wire listener map, sorted by name so that of several bad listeners the same one is
+/// always reported.
+fn listeners(map: &HashMap<String, pb::PatternList>) -> RawListeners<'_> {
+    let mut raw: RawListeners<'_> = map
+        .iter()
+        .map(|(name, list)| {
+            (
+                name.as_str(),
+                list.patterns.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    raw.sort_by_key(|(name, _)| *name);
+    raw
+}
+
 pub fn from_proto(p: &pb::WorkloadPolicy) -> Result<WorkloadPolicy, ConvertError> {
-    let mut policy = WorkloadPolicy::new(workload_id(&p.spiffe_id)?);
-    for (direction, wire, model) in [
-        (Direction::Inbound, &p.inbound, &mut policy.inbound),
-        (Direction::Outbound, &p.outbound, &mut policy.outbound),
-    ] {
-        for (listener, list) in wire {
-            validate_listener_name(listener).map_err(|e| ConvertError::Listener {
+    // The same validation as a policy file and the store; only the error's form is ours.
+    let mut policy = validate_parts(&p.spiffe_id, listeners(&p.inbound), listeners(&p.outbound))
+        .map_err(|e| match e {
+            PartError::SpiffeId { value, reason } => ConvertError::SpiffeId {
+                value,
+                reason: reason.to_string(),
+            },
+            PartError::NotWorkload { value } => ConvertError::SpiffeId {
+                reason: WorkloadIdError::NoPath(value.clone()).to_string(),
+                value,
+            },
+            PartError::ListenerName {
+                direction,
+                name,
+                reason,
+            } => ConvertError::Listener {
                 direction: direction.as_str(),
-                listener: listener.clone(),
-                reason: e.to_string(),
-            })?;
-            let patterns = list
-                .patterns
-                .iter()
-                .enumerate()
-                .map(|(index, value)| {
-                    Pattern::parse(value).map_err(|e| ConvertError::Pattern {
-                        direction: direction.as_str(),
-                        listener: listener.clone(),
-                        index,
-                        value: value.clone(),
-                        reason: e.to_string(),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            model.insert(listener.clone(), patterns);
-        }
-    }
+                listener: name,
+                reason: reason.to_string(),
+            },
+            PartError::Pattern {
+                direction,
+                name,
+                index,
+                value,
+                reason,
+            } => ConvertError::Pattern {
+                direction: direction.as_str(),
+                listener: name,
+                index,
+                value,
+                reason: reason.to_string(),
+            },
+        })?;
     policy.version = p.version;
     policy.updated_by = (!p.updated_by.is_empty()).then(|| p.updated_by.clone());
     policy.updated_at_unix_ms = (p.updated_at_unix_ms != 0).then_some(p.updated_at_unix_ms);

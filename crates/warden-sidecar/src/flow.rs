@@ -6,7 +6,8 @@
 //! 4. register, then decide against the policy in force ([`decide`]): one road for every
 //!    decision, static rules included;
 //! 5. connect the other side, with its timeout ([`connect`]);
-//! 6. relay until either side ends, then report the close ([`relay_and_report`]).
+//! 6. relay until either side ends ([`open`], then `relay::relay`), then report the close
+//!    ([`report_close`]).
 //!
 //! `inbound.rs` and `outbound.rs` are these steps in each direction's order (inbound
 //! handshakes first, outbound decides first so a denied call costs the upstream nothing).
@@ -15,7 +16,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use warden_identity::{PeerSlot, SpiffeId};
 use warden_policy::Direction;
@@ -124,27 +124,27 @@ pub(crate) async fn connect(conn: &Conn<'_>, target: &str, dial: Dial) -> Option
     None
 }
 
-/// Relays between the peer's (TLS) side and the local side until either ends or the
-/// connection is closed (revoked, drained, idle), then reports the close with its bytes.
-pub(crate) async fn relay_and_report<P, L>(
+/// The relay's counters for an allowed connection: its byte stats (shared with the
+/// registry's view) and its meters (the `bytes` metric). The relay itself is awaited by the
+/// caller (`relay::relay`), not in a helper future here: a helper taking the TLS stream by
+/// value would hold a second copy of its state for the connection's whole life (about
+/// 1.3 KiB per idle connection, measured with the mesh harness).
+pub(crate) fn open(
     conn: &Conn<'_>,
-    peer_side: P,
-    local_side: L,
-    mut registration: Registration,
-) where
-    P: AsyncRead + AsyncWrite + Unpin,
-    L: AsyncRead + AsyncWrite + Unpin,
-{
-    let stats = registration.stats.clone();
-    let meters = conn.shared.telemetry.open(conn.labels);
-    let reason = crate::relay::relay(
-        meters.meter(peer_side),
-        local_side,
-        stats.clone(),
-        conn.shared.limits.idle_timeout,
-        &mut registration.closed,
+    registration: &Registration,
+) -> (Arc<crate::registry::ConnStats>, crate::metrics::ConnMeters) {
+    (
+        registration.stats.clone(),
+        conn.shared.telemetry.open(conn.labels),
     )
-    .await;
+}
+
+/// Reports the end of a relayed connection, with why and its bytes.
+pub(crate) fn report_close(
+    conn: &Conn<'_>,
+    reason: CloseReason,
+    stats: &crate::registry::ConnStats,
+) {
     conn.shared.telemetry.closed(
         conn.labels,
         conn.id,

@@ -79,5 +79,15 @@ pub(crate) async fn serve(
         }
     };
     shared.telemetry.handshake_ok(&labels, started);
-    flow::relay_and_report(&conn, tls, app, registration).await;
+    let mut registration = registration;
+    let (stats, meters) = flow::open(&conn, &registration);
+    let reason = crate::relay::relay(
+        meters.meter(tls),
+        app,
+        stats.clone(),
+        limits.idle_timeout,
+        &mut registration.closed,
+    )
+    .await;
+    flow::report_close(&conn, reason, &stats);
 }
