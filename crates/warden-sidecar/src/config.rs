@@ -294,11 +294,13 @@ impl Validator<'_> {
             cache: raw.policy.cache,
         };
         if let Some(url) = &policy.control_plane
-            && !url.starts_with("https://")
+            && crate::control::client::parse_url(url).is_err()
         {
+            // Checked here, not at the first connection attempt: a URL the watch can never
+            // use would otherwise only show as warnings, retried forever.
             return Err(self.e(
                 "policy.control_plane",
-                format!("{url:?}: must be an https:// URL"),
+                format!("{url:?}: must be an https://host:port URL"),
             ));
         }
         let mut names = Vec::new();
@@ -443,6 +445,45 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Security invariant 6 (`docs/security.md`): without `[admin] listen`, the admin API
+    /// binds loopback only.
+    #[test]
+    fn the_admin_api_binds_loopback_by_default() {
+        let text = "trust_domain = \"example.org\"\n[identity]\nsource = \"files\"\ncert = \"c\"\nkey = \"k\"\nbundle = \"b\"\n[[inbound]]\nname = \"h\"\nlisten = \"0.0.0.0:8443\"\nforward = \"127.0.0.1:1\"\n";
+        let config = SidecarConfig::from_toml("f.toml", text).expect("valid");
+        assert!(
+            config.admin_listen.ip().is_loopback(),
+            "{}",
+            config.admin_listen
+        );
+        assert_eq!(config.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(
+            config.metrics_listen, None,
+            "no public listener unless asked for"
+        );
+    }
+
+    #[test]
+    fn a_control_plane_url_the_watch_cannot_use_is_a_config_error() {
+        let base = "trust_domain = \"example.org\"\n[identity]\nsource = \"files\"\ncert = \"c\"\nkey = \"k\"\nbundle = \"b\"\n[[inbound]]\nname = \"h\"\nlisten = \"127.0.0.1:0\"\nforward = \"127.0.0.1:1\"\n[policy]\n";
+        for bad in [
+            "http://cp:7443",
+            "https://cp",
+            "https://cp:port",
+            "https://cp:7443/x",
+        ] {
+            let e =
+                SidecarConfig::from_toml("f.toml", &format!("{base}control_plane = \"{bad}\"\n"))
+                    .expect_err(bad);
+            assert_eq!(e.key, "policy.control_plane", "{bad}: {e}");
+        }
+        SidecarConfig::from_toml(
+            "f.toml",
+            &format!("{base}control_plane = \"https://cp:7443\"\n"),
+        )
+        .expect("valid");
+    }
 
     /// Fuzz regression: `""=""""""` (an unknown, empty key) produced an error with an
     /// empty key path; every error must say where the problem is.

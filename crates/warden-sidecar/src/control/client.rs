@@ -23,7 +23,7 @@ pub enum ClientError {
 }
 
 /// Splits `https://host:port` into `host:port` and host.
-fn parse_url(url: &str) -> Result<(String, String), ClientError> {
+pub(crate) fn parse_url(url: &str) -> Result<(String, String), ClientError> {
     let bad = || ClientError::BadUrl(url.to_owned());
     let rest = url.strip_prefix("https://").ok_or_else(bad)?;
     let authority = rest.trim_end_matches('/');

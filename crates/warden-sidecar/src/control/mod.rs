@@ -293,6 +293,51 @@ mod tests {
         assert!(b.next_delay() <= Duration::from_millis(200));
     }
 
+    /// Security invariant 2 (`docs/security.md`): a pushed policy that does not parse, or
+    /// that names another workload, puts deny-all in force (counted as `invalid`).
+    #[test]
+    fn an_invalid_or_foreign_snapshot_becomes_deny_all() {
+        let me = SpiffeId::parse("spiffe://example.org/me").expect("id");
+        let peer = SpiffeId::parse("spiffe://example.org/a").expect("id");
+        let text = "[[workload]]\nspiffe_id = \"spiffe://example.org/other\"\ninbound.http = [\"spiffe://example.org/a\"]\n";
+        let foreign = warden_policy::parse_policy_file(text)
+            .expect("policy")
+            .remove(0);
+        let mut snapshot = pb::PolicySnapshot {
+            present: true,
+            policy: Some(convert::to_proto(&foreign)),
+            version: 7,
+        };
+        let allowed = |s: &PolicySnapshot| {
+            s.decide(warden_policy::Direction::Inbound, "http", &peer)
+                .allowed
+        };
+        let (compiled, kept, outcome) = compile(&snapshot, Some(&me));
+        assert_eq!(outcome, PolicyOutcome::Invalid);
+        assert!(kept.is_none());
+        assert!(
+            !allowed(&compiled),
+            "another workload's allowlist was enforced"
+        );
+        assert_eq!(compiled.version(), 7);
+        if let Some(p) = snapshot.policy.as_mut() {
+            p.spiffe_id = "spiffe://example.org/me".into();
+            p.inbound.insert(
+                "http".into(),
+                pb::PatternList {
+                    patterns: vec!["spiffe://example.org/a*".into()],
+                },
+            );
+        }
+        let (compiled, kept, outcome) = compile(&snapshot, Some(&me));
+        assert_eq!(outcome, PolicyOutcome::Invalid);
+        assert!(kept.is_none());
+        assert!(
+            !allowed(&compiled),
+            "a policy that does not parse allowed someone"
+        );
+    }
+
     #[test]
     fn cache_round_trips_and_foreign_or_damaged_caches_are_ignored() {
         let dir = tempfile::tempdir().expect("tmp");
