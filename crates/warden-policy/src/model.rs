@@ -95,21 +95,24 @@ pub fn validate_listener_name(name: &str) -> Result<(), ListenerNameError> {
 }
 
 /// What was wrong with one part of a policy, and where (structured, so that each
-/// front-end writes the location its own way: a file's key path, a wire field).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// front-end can write the location its own way: a file's key path, a wire field). Its own
+/// wording is the one the JSON model (store, cache) reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PartError {
+    #[error("spiffe_id {value:?}: {reason}")]
     SpiffeId {
         value: String,
         reason: SpiffeIdError,
     },
-    NotWorkload {
-        value: String,
-    },
+    #[error("spiffe_id {value:?} names a trust domain, not a workload (a path is required)")]
+    NotWorkload { value: String },
+    #[error("{direction}.{name:?}: {reason}")]
     ListenerName {
         direction: Direction,
         name: String,
         reason: ListenerNameError,
     },
+    #[error("{direction}.{name:?}[{index}] {value:?}: {reason}")]
     Pattern {
         direction: Direction,
         name: String,
@@ -118,6 +121,10 @@ pub enum PartError {
         reason: crate::pattern::PatternError,
     },
 }
+
+/// Why a serialized `WorkloadPolicy` (store, cache) was rejected: the parts' validation is
+/// the same as every other front-end's.
+pub type ModelError = PartError;
 
 /// The listeners of one direction as they arrived: name -> pattern texts.
 pub type RawListeners<'a> = Vec<(&'a str, Vec<&'a str>)>;
@@ -172,63 +179,6 @@ pub fn validate_parts(
         }
     }
     Ok(policy)
-}
-
-/// Why a serialized `WorkloadPolicy` was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ModelError {
-    #[error("spiffe_id {value:?}: {reason}")]
-    SpiffeId {
-        value: String,
-        reason: SpiffeIdError,
-    },
-    #[error("spiffe_id {0:?} names a trust domain, not a workload (a path is required)")]
-    NotWorkload(String),
-    #[error("{direction}.{name:?}: {reason}")]
-    ListenerName {
-        direction: Direction,
-        name: String,
-        reason: ListenerNameError,
-    },
-    #[error("{direction}.{name:?}[{index}] {value:?}: {reason}")]
-    Pattern {
-        direction: Direction,
-        name: String,
-        index: usize,
-        value: String,
-        reason: crate::pattern::PatternError,
-    },
-}
-
-impl From<PartError> for ModelError {
-    fn from(e: PartError) -> Self {
-        match e {
-            PartError::SpiffeId { value, reason } => ModelError::SpiffeId { value, reason },
-            PartError::NotWorkload { value } => ModelError::NotWorkload(value),
-            PartError::ListenerName {
-                direction,
-                name,
-                reason,
-            } => ModelError::ListenerName {
-                direction,
-                name,
-                reason,
-            },
-            PartError::Pattern {
-                direction,
-                name,
-                index,
-                value,
-                reason,
-            } => ModelError::Pattern {
-                direction,
-                name,
-                index,
-                value,
-                reason,
-            },
-        }
-    }
 }
 
 /// The allowlist of one workload.
