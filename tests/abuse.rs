@@ -63,7 +63,6 @@ impl Mesh {
     async fn start(limits: &str) -> Self {
         let ca = Ca::new(TD);
         let cp = CpProcess::start_with(&ca, limits, "info");
-        let admin = cp.admin().await;
         let app = EchoApp::start().await;
         let cache = tempfile::tempdir().expect("tmp");
         let honest = sidecar(
@@ -71,6 +70,8 @@ impl Mesh {
             ca.identity(&id("/vectordb"), &[]),
         )
         .await;
+        // Connected last, so that its first put comes well within even a short idle_timeout.
+        let admin = cp.admin().await;
         let mut mesh = Self {
             rss_before: 0,
             log_before: 0,
@@ -477,6 +478,9 @@ async fn idle_connections_are_closed_and_watching_ones_kept() {
         "an idle policy API connection was never closed"
     );
     // The honest sidecar's watch outlived several idle periods: a put still reaches it.
+    // The admin's own connection sat idle too and may have been closed (an admin command
+    // opens a connection per run), so the check connects afresh.
+    mesh.admin = mesh.cp.admin().await;
     mesh.assert_serving("after the idle connection was closed")
         .await;
 
