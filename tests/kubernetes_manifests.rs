@@ -237,7 +237,7 @@ fn the_rag_chain_admits_only_each_predecessor_and_its_ports_agree() -> anyhow::R
                 );
                 assert_eq!(
                     port("warden-inbound"),
-                    Some(u64::from(inbound.listen.port()))
+                    inbound.listen.map(|l| u64::from(l.port()))
                 );
             }
         }

@@ -13,6 +13,8 @@ use warden_policy::Pattern;
 
 pub use warden_config::{ConfigError, parse_duration, read_config_file};
 
+mod listeners;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -24,6 +26,9 @@ struct RawConfig {
     inbound: Vec<RawInbound>,
     #[serde(default)]
     outbound: Vec<RawOutbound>,
+    capture: Option<RawCapture>,
+    #[serde(default)]
+    egress: Vec<RawEgress>,
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
@@ -46,8 +51,9 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawInbound {
     name: String,
-    listen: String,
-    forward: String,
+    listen: Option<String>,
+    port: Option<u16>,
+    forward: Option<String>,
     #[serde(default)]
     allow: Vec<String>,
 }
@@ -56,9 +62,25 @@ struct RawInbound {
 #[serde(deny_unknown_fields)]
 struct RawOutbound {
     name: String,
-    listen: String,
-    connect: String,
+    listen: Option<String>,
+    connect: Option<String>,
+    destinations: Option<Vec<String>>,
     server_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    inbound: Option<String>,
+    outbound: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEgress {
+    name: String,
+    hosts: Vec<String>,
+    ports: Vec<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,7 +124,12 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundConfig {
     pub name: String,
-    pub listen: SocketAddr,
+    /// An explicit listener (peers dial it directly); `None` in capture-only mode.
+    pub listen: Option<SocketAddr>,
+    /// Capture mode: the app's own port. A captured inbound connection whose original
+    /// destination port is this one is served by this listener.
+    pub port: Option<u16>,
+    /// Where the app listens (default `127.0.0.1:<port>` in capture mode).
     pub forward: String,
     /// The static allowlist; a control-plane policy replaces it. Empty means deny all.
     pub allow: Vec<Pattern>,
@@ -111,9 +138,37 @@ pub struct InboundConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundConfig {
     pub name: String,
-    pub listen: SocketAddr,
-    pub connect: String,
+    /// An explicit listener on loopback (the app dials it); `None` in capture-only mode.
+    pub listen: Option<SocketAddr>,
+    /// Where the explicit listener connects. Captured connections go to their original
+    /// destination instead.
+    pub connect: Option<String>,
+    /// Capture mode: the `host:port`s this listener claims. A captured outbound connection
+    /// whose original destination is one of their addresses (names resolved, and
+    /// re-resolved while the sidecar runs) is served by this listener.
+    pub destinations: Vec<String>,
     pub server_id: SpiffeId,
+}
+
+/// `[capture]`: the listeners that iptables rules (`warden init`) redirect to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Redirected inbound connections; the original destination port picks the
+    /// `[[inbound]]` by its `port`.
+    pub inbound: Option<SocketAddr>,
+    /// Redirected outbound connections (loopback only); the original destination picks
+    /// the `[[outbound]]` by its `destinations`, or an `[[egress]]`.
+    pub outbound: Option<SocketAddr>,
+}
+
+/// `[[egress]]`: TLS to a destination outside the mesh, passed through untouched when the
+/// ClientHello's SNI is one of `hosts` and the original destination port one of `ports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressConfig {
+    pub name: String,
+    /// Lower-case DNS names; `*.example.com` matches exactly one more label.
+    pub hosts: Vec<String>,
+    pub ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +250,8 @@ pub struct SidecarConfig {
     pub policy: PolicyConfig,
     pub inbound: Vec<InboundConfig>,
     pub outbound: Vec<OutboundConfig>,
+    pub capture: CaptureConfig,
+    pub egress: Vec<EgressConfig>,
     pub admin_listen: SocketAddr,
     /// `[admin] metrics_listen`: an extra listener serving only `/metrics`, `/healthz` and
     /// `/readyz`, which may bind publicly (the full admin API stays on `admin_listen`).
@@ -303,43 +360,10 @@ impl Validator<'_> {
                 format!("{url:?}: must be an https://host:port URL"),
             ));
         }
-        let mut names = Vec::new();
-        let mut inbound = Vec::new();
-        for (i, l) in raw.inbound.into_iter().enumerate() {
-            let k = |f: &str| format!("inbound[{i}].{f}");
-            self.name(k("name"), &l.name, &mut names)?;
-            let mut allow = Vec::new();
-            for (j, p) in l.allow.iter().enumerate() {
-                allow.push(Pattern::parse(p).map_err(|e| {
-                    self.e(format!("inbound[{i}].allow[{j}]"), format!("{p:?}: {e}"))
-                })?);
-            }
-            inbound.push(InboundConfig {
-                listen: self.addr(k("listen"), &l.listen)?,
-                forward: self.host_port(k("forward"), &l.forward)?,
-                name: l.name,
-                allow,
-            });
-        }
-        let mut names = Vec::new();
-        let mut outbound = Vec::new();
-        for (i, l) in raw.outbound.into_iter().enumerate() {
-            let k = |f: &str| format!("outbound[{i}].{f}");
-            self.name(k("name"), &l.name, &mut names)?;
-            let listen = self.addr(k("listen"), &l.listen)?;
-            if !listen.ip().is_loopback() {
-                return Err(self.e(
-                    k("listen"),
-                    format!("{listen} is not a loopback address: whoever reaches an outbound listener speaks with this workload's identity"),
-                ));
-            }
-            outbound.push(OutboundConfig {
-                listen,
-                connect: self.host_port(k("connect"), &l.connect)?,
-                server_id: self.spiffe_id(k("server_id"), &l.server_id)?,
-                name: l.name,
-            });
-        }
+        let capture = self.capture(raw.capture)?;
+        let inbound = self.inbound(raw.inbound, &capture)?;
+        let outbound = self.outbound(raw.outbound, &capture)?;
+        let egress = self.egress(raw.egress, &capture)?;
         if inbound.is_empty() && outbound.is_empty() {
             return Err(self.e(
                 "inbound",
@@ -433,6 +457,8 @@ impl Validator<'_> {
             policy,
             inbound,
             outbound,
+            capture,
+            egress,
             admin_listen,
             metrics_listen,
             audit_path: raw.audit.path,

@@ -100,9 +100,12 @@ pub(crate) enum Dial {
 
 /// Connects to `target` within `limits.connect_timeout`. A failure is logged and reported
 /// as a close with reason `error`.
-pub(crate) async fn connect(conn: &Conn<'_>, target: &str, dial: Dial) -> Option<TcpStream> {
+pub(crate) async fn connect<A>(conn: &Conn<'_>, target: A, dial: Dial) -> Option<TcpStream>
+where
+    A: tokio::net::ToSocketAddrs + std::fmt::Display,
+{
     let limit = conn.shared.limits.connect_timeout;
-    let failure = match tokio::time::timeout(limit, TcpStream::connect(target)).await {
+    let failure = match tokio::time::timeout(limit, TcpStream::connect(&target)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             return Some(stream);
@@ -112,10 +115,10 @@ pub(crate) async fn connect(conn: &Conn<'_>, target: &str, dial: Dial) -> Option
     };
     match dial {
         Dial::App => {
-            tracing::warn!(conn_id = conn.id, forward = target, error = %failure, "local app unreachable")
+            tracing::warn!(conn_id = conn.id, forward = %target, error = %failure, "local app unreachable")
         }
         Dial::Upstream => {
-            tracing::warn!(conn_id = conn.id, connect = target, error = %failure, "upstream unreachable")
+            tracing::warn!(conn_id = conn.id, connect = %target, error = %failure, "upstream unreachable")
         }
     }
     conn.shared

@@ -119,7 +119,7 @@ pub(crate) async fn serve(
         .await;
         return;
     }
-    let Some(app) = flow::connect(&conn, &listener.forward, flow::Dial::App).await else {
+    let Some(app) = flow::connect(&conn, listener.forward.as_str(), flow::Dial::App).await else {
         return;
     };
     let mut registration = registration;

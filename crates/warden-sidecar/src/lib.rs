@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod audit;
+mod capture;
 pub mod config;
 pub mod control;
 mod flow;
@@ -67,6 +68,10 @@ pub struct Sidecar {
     shared: Arc<Shared>,
     inbound_addrs: Vec<(String, SocketAddr)>,
     outbound_addrs: Vec<(String, SocketAddr)>,
+    /// The bound `[capture]` listeners (inbound, outbound).
+    capture_addrs: (Option<SocketAddr>, Option<SocketAddr>),
+    /// Other tasks that end with the sidecar (re-resolving captured destinations).
+    background: Vec<tokio::task::JoinHandle<()>>,
     /// The data-plane threads; they own the listening sockets and the connections.
     workers: workers::Workers,
     _identity_task: tokio::task::JoinHandle<()>,
@@ -81,6 +86,9 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         self._identity_task.abort();
         if let Some(task) = &self.watch_task {
+            task.abort();
+        }
+        for task in &self.background {
             task.abort();
         }
     }
@@ -123,14 +131,29 @@ impl Sidecar {
         let mut groups = Vec::new();
         let server_config = tls::server_config(&identity)?;
         let mut inbound_addrs = Vec::new();
+        // Captured inbound connections, by the app port they were for.
+        let mut by_port = std::collections::HashMap::new();
         for l in &config.inbound {
-            let (addr, sockets) = workers::bind_group(&l.name, l.listen, worker_count)?;
-            inbound_addrs.push((l.name.clone(), addr));
             let listener = Arc::new(inbound::InboundListener {
                 name: l.name.as_str().into(),
                 forward: l.forward.clone(),
                 acceptor: TlsAcceptor::from(server_config.clone()),
             });
+            if let Some(port) = l.port {
+                by_port.insert(port, listener.clone());
+            }
+            let Some(listen) = l.listen else {
+                continue;
+            };
+            let (addr, sockets) = workers::bind_group(&l.name, listen, worker_count)?;
+            inbound_addrs.push((l.name.clone(), addr));
+            // Under capture, a peer that dials an explicit listener's port is redirected
+            // too; it is still that listener's connection.
+            if !listen.ip().is_loopback() {
+                by_port
+                    .entry(addr.port())
+                    .or_insert_with(|| listener.clone());
+            }
             let conn_shared = shared.clone();
             groups.push(workers::ListenerGroup {
                 sockets,
@@ -149,16 +172,21 @@ impl Sidecar {
             });
         }
         let mut outbound_addrs = Vec::new();
+        let mut outbound_listeners = Vec::new();
         for l in &config.outbound {
-            let (addr, sockets) = workers::bind_group(&l.name, l.listen, worker_count)?;
-            outbound_addrs.push((l.name.clone(), addr));
             let listener = Arc::new(outbound::OutboundListener {
                 name: l.name.as_str().into(),
-                connect: l.connect.clone(),
                 server_id: l.server_id.clone(),
-                server_name: tls::server_name(&l.connect),
                 connector: TlsConnector::from(tls::client_config(&identity, &l.server_id)?),
             });
+            outbound_listeners.push(listener.clone());
+            let (Some(listen), Some(connect)) = (l.listen, l.connect.clone()) else {
+                continue;
+            };
+            let (addr, sockets) = workers::bind_group(&l.name, listen, worker_count)?;
+            outbound_addrs.push((l.name.clone(), addr));
+            let server_name = tls::server_name(&connect);
+            let connect: Arc<str> = connect.into();
             let conn_shared = shared.clone();
             groups.push(workers::ListenerGroup {
                 sockets,
@@ -168,16 +196,26 @@ impl Sidecar {
                 // loopback; `max_connections` bounds them.
                 handshake_limit: false,
                 serve: Arc::new(move |stream, addr, permits| {
+                    let upstream = outbound::Upstream {
+                        target: outbound::Target::Connect(connect.clone()),
+                        server_name: server_name.clone(),
+                        dialed: None,
+                    };
                     tokio::spawn(outbound::serve(
                         conn_shared.clone(),
                         listener.clone(),
                         stream,
                         addr,
                         permits,
+                        upstream,
                     ));
                 }),
             });
         }
+        let capture =
+            capture::listeners(config, &shared, by_port, outbound_listeners, worker_count)?;
+        groups.extend(capture.groups);
+        let mut watch_tasks = Vec::new();
         let workers = workers::Workers::start(shared.clone(), groups, worker_count).await?;
         tracing::debug!(workers = workers.count(), "data-plane workers started");
         let mut admin_tasks = JoinSet::new();
@@ -212,10 +250,17 @@ impl Sidecar {
             };
             tokio::spawn(control::watch_loop(shared.clone(), target))
         });
+        if let Some(destinations) = capture.destinations {
+            watch_tasks.push(tokio::spawn(capture::destinations::refresh_loop(
+                destinations,
+            )));
+        }
         Ok(Self {
             shared,
             inbound_addrs,
             outbound_addrs,
+            capture_addrs: capture.addrs,
+            background: watch_tasks,
             workers,
             _identity_task: identity_task,
             watch_task,
@@ -231,6 +276,16 @@ impl Sidecar {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, a)| *a)
+    }
+
+    /// Bound address of the `[capture] inbound` listener.
+    pub fn capture_inbound_addr(&self) -> Option<SocketAddr> {
+        self.capture_addrs.0
+    }
+
+    /// Bound address of the `[capture] outbound` listener.
+    pub fn capture_outbound_addr(&self) -> Option<SocketAddr> {
+        self.capture_addrs.1
     }
 
     pub fn outbound_addr(&self, name: &str) -> Option<SocketAddr> {

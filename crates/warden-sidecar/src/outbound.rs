@@ -18,10 +18,25 @@ use crate::shared::Shared;
 
 pub(crate) struct OutboundListener {
     pub name: Arc<str>,
-    pub connect: String,
     pub server_id: SpiffeId,
-    pub server_name: ServerName<'static>,
     pub connector: TlsConnector,
+}
+
+/// Where one connection goes.
+pub(crate) enum Target {
+    /// The explicit listener's `connect` (`host:port`, resolved per connection).
+    Connect(Arc<str>),
+    /// A captured connection's original destination.
+    Original(SocketAddr),
+}
+
+pub(crate) struct Upstream {
+    pub target: Target,
+    /// The TLS server name to send (SNI); the upstream is verified by its SPIFFE ID.
+    pub server_name: ServerName<'static>,
+    /// Captured connections: our own upstream sockets, so that one captured by mistake (the
+    /// sidecar not running as the proxy uid) is refused instead of looping.
+    pub dialed: Option<Arc<crate::capture::Dialed>>,
 }
 
 pub(crate) async fn serve(
@@ -30,6 +45,7 @@ pub(crate) async fn serve(
     app: TcpStream,
     app_addr: SocketAddr,
     _permits: crate::shared::Permits,
+    upstream: Upstream,
 ) {
     const DIR: Direction = Direction::Outbound;
     let conn_id = shared.registry.next_id();
@@ -51,14 +67,23 @@ pub(crate) async fn serve(
     if !allowed {
         return;
     }
-    let Some(tcp) = flow::connect(&conn, &listener.connect, flow::Dial::Upstream).await else {
+    let dialled = match &upstream.target {
+        Target::Connect(name) => flow::connect(&conn, &**name, flow::Dial::Upstream).await,
+        Target::Original(addr) => flow::connect(&conn, *addr, flow::Dial::Upstream).await,
+    };
+    let Some(tcp) = dialled else {
         return;
     };
     let upstream_addr = tcp.peer_addr().unwrap_or(app_addr);
+    // Held until the connection ends.
+    let _dialed = upstream
+        .dialed
+        .as_ref()
+        .and_then(|d| d.insert(tcp.local_addr().ok()?));
     let started = std::time::Instant::now();
     let handshake = listener
         .connector
-        .connect(listener.server_name.clone(), ReadAhead::new(tcp))
+        .connect(upstream.server_name, ReadAhead::new(tcp))
         .into_fallible();
     let tls = match crate::tls::timed_handshake(limits.handshake_timeout, handshake).await {
         Ok(tls) => tls,

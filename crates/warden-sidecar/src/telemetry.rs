@@ -91,8 +91,34 @@ pub struct PeerLabels {
     listener: Arc<str>,
     /// Capped label value (may be `other`).
     peer_label: Arc<str>,
-    /// The full identity, for audit records.
-    peer: SpiffeId,
+    /// The full identity (a SPIFFE ID, or an egress SNI name), for audit records.
+    peer: Box<str>,
+}
+
+/// Why capture refused a redirected connection before any policy could be asked (the
+/// `reason` label of `warden_authz_decisions_total`, with `decision="deny"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureRefusal {
+    /// Captured inbound to a port no `[[inbound]]` claims.
+    NoListener,
+    /// Captured outbound to an address no `[[outbound]]` claims and no `[[egress]]` port.
+    UnknownDestination,
+    /// Egress whose ClientHello names no listed host (or is no ClientHello at all).
+    EgressDenied,
+    /// The sidecar's own upstream connection came back through capture: it is not running
+    /// as the proxy uid that `warden init` exempts.
+    Loop,
+}
+
+impl CaptureRefusal {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            CaptureRefusal::NoListener => "no_listener",
+            CaptureRefusal::UnknownDestination => "unknown_destination",
+            CaptureRefusal::EgressDenied => "egress_denied",
+            CaptureRefusal::Loop => "capture_loop",
+        }
+    }
 }
 
 impl Telemetry {
@@ -136,15 +162,91 @@ impl Telemetry {
                 direction: direction.as_str(),
                 listener: listener.clone(),
                 peer_label: listener.clone(),
-                peer: peer.clone(),
+                peer: peer.as_str().into(),
             };
         }
+        self.named_peer(direction, listener, peer.as_str())
+    }
+
+    /// [`Telemetry::peer`] for a peer known by name only: an egress destination's SNI.
+    pub fn named_peer(&self, direction: Direction, listener: &Arc<str>, name: &str) -> PeerLabels {
         PeerLabels {
             direction: direction.as_str(),
             listener: listener.clone(),
-            peer_label: self.inner.metrics.peer_label(peer.as_str()),
-            peer: peer.clone(),
+            peer_label: self.inner.metrics.peer_label(name),
+            peer: name.into(),
         }
+    }
+
+    /// Capture refused a redirected connection (no listener or destination claims it, or
+    /// egress not listed): a `deny` decision with the refusal as its reason, and an audit
+    /// record whose detail says what was asked for.
+    pub fn capture_refused(
+        &self,
+        direction: Direction,
+        listener: &Arc<str>,
+        conn_id: u64,
+        peer_addr: SocketAddr,
+        refusal: CaptureRefusal,
+        detail: String,
+    ) {
+        if self.inner.off {
+            return;
+        }
+        self.inner.metrics.decision(
+            direction.as_str(),
+            listener.clone(),
+            Arc::from(UNKNOWN_PEER),
+            "deny",
+            refusal.as_label(),
+        );
+        tracing::debug!(direction = direction.as_str(), listener = &**listener, conn_id, %peer_addr, reason = refusal.as_label(), detail, "captured connection refused");
+        self.inner.audit.emit(Record {
+            direction: Some(direction.as_str()),
+            listener: Some(listener.clone()),
+            peer_addr: Some(peer_addr),
+            decision: Some(AuditDecision::Deny),
+            reason: Some(refusal.as_label().to_owned()),
+            policy_version: Some(self.inner.metrics.policy_version()),
+            conn_id: Some(conn_id),
+            detail: Some(detail),
+            ..Record::new(AuditEvent::Authz)
+        });
+    }
+
+    /// Egress let through: an `allow` decision on the `[[egress]]` listener, for the SNI
+    /// name in `p`, by the `hosts` entry `rule`.
+    pub fn egress_allowed(
+        &self,
+        p: &PeerLabels,
+        conn_id: u64,
+        peer_addr: SocketAddr,
+        rule: &str,
+        detail: String,
+    ) {
+        if self.inner.off {
+            return;
+        }
+        self.inner.metrics.decision(
+            p.direction,
+            p.listener.clone(),
+            p.peer_label.clone(),
+            "allow",
+            "allowed",
+        );
+        self.inner.audit.emit(Record {
+            direction: Some(p.direction),
+            listener: Some(p.listener.clone()),
+            peer_id: Some(p.peer.to_string()),
+            peer_addr: Some(peer_addr),
+            decision: Some(AuditDecision::Allow),
+            rule: Some(rule.to_owned()),
+            reason: Some("allowed".to_owned()),
+            policy_version: Some(self.inner.metrics.policy_version()),
+            conn_id: Some(conn_id),
+            detail: Some(detail),
+            ..Record::new(AuditEvent::Authz)
+        });
     }
 
     pub fn handshake_ok(&self, p: &PeerLabels, started: Instant) {
@@ -225,11 +327,11 @@ impl Telemetry {
             verdict,
             decision.reason.as_label(),
         );
-        tracing::debug!(direction = p.direction, listener = &*p.listener, conn_id, %peer_addr, peer_id = p.peer.as_str(), decision = verdict, reason = decision.reason.as_label(), policy_version, "authorization decision");
+        tracing::debug!(direction = p.direction, listener = &*p.listener, conn_id, %peer_addr, peer_id = &*p.peer, decision = verdict, reason = decision.reason.as_label(), policy_version, "authorization decision");
         self.inner.audit.emit(Record {
             direction: Some(p.direction),
             listener: Some(p.listener.clone()),
-            peer_id: Some(p.peer.as_str().to_owned()),
+            peer_id: Some(p.peer.to_string()),
             peer_addr: Some(peer_addr),
             decision: Some(if decision.allowed {
                 AuditDecision::Allow
@@ -283,7 +385,7 @@ impl Telemetry {
             self.inner.audit.emit(Record {
                 direction: Some(p.direction),
                 listener: Some(p.listener.clone()),
-                peer_id: Some(p.peer.as_str().to_owned()),
+                peer_id: Some(p.peer.to_string()),
                 peer_addr: Some(peer_addr),
                 decision: Some(AuditDecision::Deny),
                 reason: Some(reason.as_label().to_owned()),
@@ -319,7 +421,7 @@ impl Telemetry {
             direction: Some(direction.as_str()),
             listener: Some(listener.clone()),
             peer_addr: Some(peer_addr),
-            peer_id: peer.map(|p| p.peer.as_str().to_owned()),
+            peer_id: peer.map(|p| p.peer.to_string()),
             decision: Some(AuditDecision::Deny),
             reason: Some(CloseReason::Limit.as_label().to_owned()),
             policy_version: Some(self.inner.metrics.policy_version()),

@@ -27,10 +27,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("starting the sidecar")?;
     for l in &config.inbound {
-        tracing::info!(listener = %l.name, listen = ?sidecar.inbound_addr(&l.name), forward = %l.forward, "inbound listening");
+        tracing::info!(listener = %l.name, listen = ?sidecar.inbound_addr(&l.name), port = ?l.port, forward = %l.forward, "inbound listening");
     }
     for l in &config.outbound {
-        tracing::info!(listener = %l.name, listen = ?sidecar.outbound_addr(&l.name), connect = %l.connect, server_id = %l.server_id, "outbound listening");
+        tracing::info!(listener = %l.name, listen = ?sidecar.outbound_addr(&l.name), connect = ?l.connect, destinations = ?l.destinations, server_id = %l.server_id, "outbound listening");
+    }
+    if let Some(addr) = sidecar.capture_inbound_addr() {
+        tracing::info!(listen = %addr, "capturing inbound (redirected by `warden init`)");
+    }
+    if let Some(addr) = sidecar.capture_outbound_addr() {
+        tracing::info!(listen = %addr, egress = config.egress.len(), "capturing outbound (redirected by `warden init`)");
     }
     crate::shutdown_signal().await;
     tracing::info!(grace = ?args.drain, "shutting down: no new connections, draining open ones");
