@@ -5,6 +5,7 @@
 
 mod control_plane;
 mod demo;
+mod init;
 mod inject;
 mod policy;
 mod sidecar;
@@ -37,6 +38,9 @@ enum Command {
     /// Add the Warden sidecar to Kubernetes manifests (writes them to stdout).
     #[command(long_about = inject::LONG_ABOUT)]
     Inject(inject::Args),
+    /// Redirect the pod's TCP traffic to the sidecar (iptables; an init container's job).
+    #[command(long_about = init::LONG_ABOUT)]
+    Init(init::Args),
 }
 
 /// Entry point of the `warden` binary.
@@ -68,6 +72,7 @@ pub fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Top(args) => top::run(args).await,
             Command::Inject(args) => inject::run(&args),
+            Command::Init(args) => init::run(&args),
         }
     });
     match result {
