@@ -2,7 +2,8 @@
 //! JSON views `/debug/identity`, `/debug/policy`, `/debug/connections`. An optional second
 //! listener serves `/metrics`, `/healthz` and `/readyz` only, so Prometheus and the kubelet
 //! (which reach the pod IP) are served while the debug views stay on loopback (security
-//! invariant 6 of `docs/security.md`: admin endpoints bind 127.0.0.1 by default).
+//! invariant 6 of `docs/security.md`: admin endpoints bind 127.0.0.1 by default). Both also
+//! answer the app's probes configured under `[[app_probe]]` (`app_probe.rs`).
 //!
 //! It must never change sidecar state (every route is a GET of a view), never show key
 //! material (identity shows the ID, expiry and trust domains only), and never let a client
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
 use warden_policy::Direction;
 
+use crate::app_probe::AppProbes;
 use crate::shared::Shared;
 
 const MAX_CONNECTIONS: usize = 256;
@@ -49,13 +51,19 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub(crate) enum Scope {
     /// Everything: the loopback admin listener.
     Full,
-    /// `/metrics`, `/healthz`, `/readyz`: the optional public listener (Prometheus, kubelet).
+    /// `/metrics`, `/healthz`, `/readyz` (and the `[[app_probe]]` paths): the optional
+    /// public listener (Prometheus, kubelet).
     MetricsOnly,
 }
 
 /// Serves until the task is aborted (dropping the `Sidecar`). Connection tasks live in a
 /// `JoinSet` owned by this task, so aborting it ends them too.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, scope: Scope) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    scope: Scope,
+    probes: Arc<AppProbes>,
+) {
     let mut slots = Slots::default();
     let mut conns = JoinSet::new();
     loop {
@@ -74,15 +82,27 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, scope: Sco
         };
         let state = Arc::new(AtomicU8::new(FIRST_REQUEST));
         let shared = shared.clone();
+        let probes = probes.clone();
         let conn_state = state.clone();
         let abort = conns.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 conn_state.store(ANSWERING, Ordering::Relaxed);
-                let response = route(&shared, scope, &req).map(|body| Answer {
-                    body,
-                    state: conn_state.clone(),
-                });
-                async move { Ok::<_, Infallible>(response) }
+                let state = conn_state.clone();
+                // An app probe runs a check against the app; every other route answers at
+                // once from the sidecar's state.
+                let probe = [Method::GET, Method::HEAD]
+                    .contains(req.method())
+                    .then(|| probes.find(req.uri().path()))
+                    .flatten();
+                let immediate = probe.is_none().then(|| route(&shared, scope, &req));
+                async move {
+                    let response = match (immediate, probe) {
+                        (Some(response), _) => response,
+                        (None, Some(probe)) => probe.answer().await,
+                        (None, None) => text(StatusCode::NOT_FOUND, "not found\n"),
+                    };
+                    Ok::<_, Infallible>(response.map(|body| Answer { body, state }))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -37,6 +37,8 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    app_probe: Vec<crate::app_probe::RawAppProbe>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,6 +263,8 @@ pub struct SidecarConfig {
     /// `[metrics] peer_id_limit`: distinct `peer_id` label values before `other`.
     pub peer_id_limit: usize,
     pub limits: Limits,
+    /// `[[app_probe]]`: the kubelet's probes of the app, answered on the metrics listener.
+    pub app_probes: Vec<crate::app_probe::AppProbeConfig>,
 }
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15000";
@@ -451,6 +455,8 @@ impl Validator<'_> {
                 n => n,
             },
         };
+        let app_probes =
+            crate::app_probe::validate(&self.at, raw.app_probe, metrics_listen.is_some())?;
         Ok(SidecarConfig {
             trust_domain,
             identity,
@@ -464,6 +470,7 @@ impl Validator<'_> {
             audit_path: raw.audit.path,
             peer_id_limit,
             limits,
+            app_probes,
         })
     }
 }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod app_probe;
 pub mod audit;
 mod capture;
 pub mod config;
@@ -219,14 +220,25 @@ impl Sidecar {
         let workers = workers::Workers::start(shared.clone(), groups, worker_count).await?;
         tracing::debug!(workers = workers.count(), "data-plane workers started");
         let mut admin_tasks = JoinSet::new();
+        let probes = app_probe::AppProbes::new(&config.app_probes);
         let admin_tcp = admin::bind("admin.listen", config.admin_listen).await?;
         let admin_addr = admin_tcp.local_addr().unwrap_or(config.admin_listen);
-        admin_tasks.spawn(admin::serve(admin_tcp, shared.clone(), admin::Scope::Full));
+        admin_tasks.spawn(admin::serve(
+            admin_tcp,
+            shared.clone(),
+            admin::Scope::Full,
+            probes.clone(),
+        ));
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics_listen {
             let tcp = admin::bind("admin.metrics_listen", addr).await?;
             metrics_addr = Some(tcp.local_addr().unwrap_or(addr));
-            admin_tasks.spawn(admin::serve(tcp, shared.clone(), admin::Scope::MetricsOnly));
+            admin_tasks.spawn(admin::serve(
+                tcp,
+                shared.clone(),
+                admin::Scope::MetricsOnly,
+                probes,
+            ));
         }
         shared
             .telemetry
