@@ -14,8 +14,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-/// Why these tests cannot run here, if they cannot.
+/// Why these tests cannot run here, if they cannot (checked once per test process).
 pub fn unavailable() -> Option<String> {
+    static CHECKED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CHECKED.get_or_init(check).clone()
+}
+
+fn check() -> Option<String> {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -172,12 +177,7 @@ fn setns(file: &std::fs::File) {
     // SAFETY: setns(2) on a file descriptor we own, with a constant flag; it changes only
     // the calling thread's network namespace, which is all that thread is for.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "setns failed: {}",
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "setns failed: {}", std::io::Error::last_os_error());
 }
 
 /// A LAN: a bridge in a namespace of its own, to which pods are attached by veth pairs.
