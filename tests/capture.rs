@@ -10,280 +10,22 @@
 mod common;
 #[path = "support/netns.rs"]
 mod netns;
+#[path = "support/pods.rs"]
+mod pods;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Stdio};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
+use common::id;
 use common::pki::Ca;
-use common::{TD, id};
-use netns::{Lan, Netns};
+use netns::Lan;
+use pods::{APP_PORT, App, Pod, TD, closed_without_answer, exchange};
 
-const PROXY_UID: u32 = 1337;
-const DEADLINE: Duration = Duration::from_secs(20);
-const APP_PORT: u16 = 8080;
-const ADMIN: &str = "127.0.0.1:15000";
-
-fn warden() -> &'static str {
-    env!("CARGO_BIN_EXE_warden")
-}
-
-/// Polls `cond` until it holds; panics with `what` (and `context()`) at the deadline.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for: {what}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// One pod: its namespace, its address on the LAN, and (once started) its sidecar.
-struct Pod {
-    sidecar: Option<Child>,
-    dir: tempfile::TempDir,
-    addr: Ipv4Addr,
-    ns: Netns,
-}
-
-impl Pod {
-    fn new(lan: &mut Lan, tag: &str, host: u8) -> Self {
-        let (ns, addr) = lan.pod(tag, host);
-        let dir = tempfile::tempdir().expect("tmp");
-        Self {
-            sidecar: None,
-            dir,
-            addr,
-            ns,
-        }
-    }
-
-    /// `warden init` in this pod, as an init container runs it.
-    fn init(&self, extra: &[&str]) -> std::process::Output {
-        self.ns
-            .command(warden())
-            .args(["init", "--proxy-uid", &PROXY_UID.to_string()])
-            .args(extra)
-            .output()
-            .expect("run warden init")
-    }
-
-    /// Starts `warden sidecar` as the proxy uid with `listeners` (TOML) and an SVID for
-    /// `spiffe_id`; returns once `/readyz` answers 200.
-    fn start_sidecar(&mut self, ca: &Ca, spiffe_id: &str, listeners: &str) {
-        let dir = self.dir.path();
-        ca.write_files(&ca.svid(spiffe_id), dir);
-        let config = format!(
-            r#"trust_domain = "{TD}"
-[identity]
-source = "files"
-cert = "{d}/tls.crt"
-key = "{d}/tls.key"
-bundle = "{d}/ca.crt"
-[admin]
-listen = "{ADMIN}"
-[audit]
-path = "{d}/audit.jsonl"
-{listeners}
-"#,
-            d = dir.display()
-        );
-        std::fs::write(dir.join("sidecar.toml"), config).expect("config");
-        // The proxy uid must read its identity and write its audit log.
-        chown_tree(dir, PROXY_UID);
-        let log = std::fs::File::create(dir.join("sidecar.log")).expect("log");
-        let child = self
-            .ns
-            .command_as(PROXY_UID, warden())
-            .arg("sidecar")
-            .arg("--config")
-            .arg(dir.join("sidecar.toml"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn warden sidecar");
-        self.sidecar = Some(child);
-        wait_for(
-            "the sidecar is ready",
-            || {
-                self.admin_get("/readyz")
-                    .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-            },
-            || self.log(),
-        );
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
-    }
-
-    fn audit(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// GET on the sidecar's admin API, from inside the pod (it listens on loopback).
-    fn admin_get(&self, path: &str) -> Option<String> {
-        self.ns.enter(|| {
-            let mut s = TcpStream::connect(ADMIN).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            .ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            Some(out)
-        })
-    }
-
-    fn metric(&self, name: &str, want: &[(&str, &str)]) -> u64 {
-        let text = self.admin_get("/metrics").unwrap_or_default();
-        metric(&text, name, want)
-    }
-
-    /// Waits until `name{want}` reaches at least `n`.
-    fn wait_metric(&self, name: &str, want: &[(&str, &str)], n: u64) {
-        wait_for(
-            &format!("{name} {want:?} >= {n}"),
-            || self.metric(name, want) >= n,
-            || self.admin_get("/metrics").unwrap_or_default(),
-        );
-    }
-
-    /// Waits for an audit record that satisfies `pred`, and returns it.
-    fn wait_audit(
-        &self,
-        what: &str,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let mut found = None;
-        wait_for(
-            what,
-            || {
-                found = self.audit().into_iter().find(|r| pred(r));
-                found.is_some()
-            },
-            || format!("{:#?}", self.audit()),
-        );
-        found.expect("found")
-    }
-
-    /// A TCP connection from this pod, opened as root (an app, not the proxy).
-    fn connect(&self, to: SocketAddr) -> std::io::Result<TcpStream> {
-        self.ns.enter(|| {
-            let s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(DEADLINE))?;
-            Ok(s)
-        })
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.sidecar.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn chown_tree(dir: &Path, uid: u32) {
-    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).expect("chown");
-    for entry in std::fs::read_dir(dir).expect("read dir") {
-        let path = entry.expect("entry").path();
-        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).expect("chown");
-    }
-}
-
-/// Sums the samples of `name` whose labels include `want`.
-fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> u64 {
-    let mut total = 0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, v)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, labels) = series.split_once('{').unwrap_or((series, "}"));
-        if n != name {
-            continue;
-        }
-        let ok = want
-            .iter()
-            .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")));
-        if ok {
-            total += v.parse::<f64>().unwrap_or(0.0) as u64;
-        }
-    }
-    total
-}
-
-/// An app in a pod: listens on `0.0.0.0:port` (as most servers do), echoes, counts accepts.
-struct App {
-    accepts: Arc<AtomicUsize>,
-}
-
-impl App {
-    fn start(pod: &Pod, port: u16) -> Self {
-        let listener = pod
-            .ns
-            .enter(|| TcpListener::bind(("0.0.0.0", port)).expect("bind app"));
-        let accepts = Arc::new(AtomicUsize::new(0));
-        let count = accepts.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { return };
-                count.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    while let Ok(n) = s.read(&mut buf) {
-                        if n == 0 || s.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        Self { accepts }
-    }
-
-    fn accepts(&self) -> usize {
-        self.accepts.load(Ordering::SeqCst)
-    }
-}
-
-/// Sends `msg` and reads until EOF: what came back, or the error.
-fn exchange(mut s: TcpStream, msg: &[u8]) -> Result<Vec<u8>, std::io::Error> {
-    s.write_all(msg)?;
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got)?;
-    Ok(got)
-}
-
-/// Reads until the other side closes; true when nothing but EOF or a reset came back
-/// (`what` may have been sent but no answer to it).
-fn closed_without_answer(mut s: TcpStream, what: &[u8]) -> bool {
-    let _ = s.write_all(what);
-    let mut buf = [0u8; 1024];
-    let mut answer = Vec::new();
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return answer.is_empty() || answer.first() == Some(&21),
-            // A TLS alert (content type 21) may precede the close.
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-        }
-    }
+/// Writes an SVID for `path` (and the bundle) where the sidecar expects them.
+fn identity<'a>(ca: &'a Ca, path: &'a str) -> impl FnOnce(&std::path::Path) + 'a {
+    move |dir| ca.write_files(&ca.svid(&id(path)), dir)
 }
 
 fn tls_client(ca_cert: &[u8], svid: Option<&common::pki::Svid>) -> Arc<rustls::ClientConfig> {
@@ -359,7 +101,7 @@ fn captured_pods_mesh_unmodified_apps_and_refuse_everything_else() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    b.start_sidecar(&ca, &id("/ns/rag/sa/vectordb"), B_LISTENERS);
+    b.start_sidecar(identity(&ca, "/ns/rag/sa/vectordb"), B_LISTENERS);
     // A reaches B by a name its resolver knows (a pod's /etc/hosts, as `ip netns exec`
     // mounts it) and, through an explicit listener, by address.
     std::fs::create_dir_all(format!("/etc/netns/{}", a.ns.name)).expect("mkdir");
@@ -369,8 +111,7 @@ fn captured_pods_mesh_unmodified_apps_and_refuse_everything_else() {
     )
     .expect("hosts");
     a.start_sidecar(
-        &ca,
-        &id("/ns/rag/sa/app"),
+        identity(&ca, "/ns/rag/sa/app"),
         &format!(
             r#"
 [capture]
@@ -575,8 +316,7 @@ fn egress_passes_listed_sni_only() {
         String::from_utf8_lossy(&out.stderr)
     );
     a.start_sidecar(
-        &ca,
-        &id("/ns/rag/sa/app"),
+        identity(&ca, "/ns/rag/sa/app"),
         r#"
 [capture]
 outbound = "127.0.0.1:15001"
@@ -666,7 +406,7 @@ fn captured_inbound_to_an_unclaimed_port_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    b.start_sidecar(&ca, &id("/ns/rag/sa/vectordb"), B_LISTENERS);
+    b.start_sidecar(identity(&ca, "/ns/rag/sa/vectordb"), B_LISTENERS);
     let tcp = x
         .connect(SocketAddr::from((b.addr, 9000)))
         .expect("captured connect is accepted");
