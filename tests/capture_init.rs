@@ -173,6 +173,13 @@ fn no_iptables_binary_is_a_clear_error() {
         "error: warden init: no iptables binary found (looked for iptables-nft, \
          iptables-legacy, iptables on PATH); install iptables in the init image"
     );
+    // A dry run still shows the rules, with a guessed backend.
+    let (stdout, stderr) = succeeded(&run(&["--dry-run"]));
+    assert!(stderr.contains("guessed: no iptables on PATH"), "{stderr}");
+    assert!(
+        stdout.contains("-A WARDEN_OUTPUT -m owner --uid-owner 1337 -j RETURN"),
+        "{stdout}"
+    );
     let (_, stderr) = failed(&run(&["--iptables-mode", "legacy", "--remove"]));
     assert!(
         stderr.contains("--iptables-mode legacy: iptables-legacy-save or iptables-legacy-restore not found on PATH"),

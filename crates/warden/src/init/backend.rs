@@ -116,7 +116,8 @@ pub const NO_NET_ADMIN: &str = "warden init needs CAP_NET_ADMIN in the pod's net
      (the init container's securityContext.capabilities.add: [NET_ADMIN, NET_RAW])";
 
 /// The backend for `mode`, from the probes of nft, legacy and whether the unsuffixed
-/// binaries exist. In a dry run a refusal only makes it a guess.
+/// binaries exist. A dry run never fails for want of privileges or of iptables: it shows
+/// what a privileged run would most likely pick.
 pub fn choose(
     mode: Mode,
     nft: &Probe,
@@ -131,7 +132,7 @@ pub fn choose(
         })
     };
     let explicit = |backend: Backend, probe: &Probe| {
-        if *probe == Probe::Missing {
+        if *probe == Probe::Missing && !dry_run {
             anyhow::bail!(
                 "warden init: --iptables-mode {0}: {1} or {2} not found on PATH; install \
                  iptables in the init image",
@@ -191,6 +192,12 @@ pub fn choose(
             return pick(
                 Backend::Legacy,
                 "auto, guessed: cannot read the rules (dry run)",
+            );
+        }
+        if !plain_present {
+            return pick(
+                Backend::Nft,
+                "auto, guessed: no iptables on PATH here, a real run needs one",
             );
         }
     } else if denied {
@@ -406,6 +413,12 @@ mod tests {
         assert_eq!(chosen(Mode::Auto, d(), d(), true, true), "nft");
         assert_eq!(chosen(Mode::Auto, Missing, d(), true, true), "legacy");
         assert_eq!(chosen(Mode::Auto, Missing, Missing, true, true), "iptables");
+        // Nothing installed at all: a dry run still shows the rules.
+        assert_eq!(chosen(Mode::Auto, Missing, Missing, false, true), "nft");
+        assert_eq!(
+            chosen(Mode::Legacy, Missing, Missing, false, true),
+            "legacy"
+        );
     }
 
     #[test]

@@ -131,7 +131,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut tables = Vec::new();
     for family in families {
         match backend::save_nat(backend, family) {
-            Ok(dump) => tables.push((family, NatState::parse(&dump))),
+            Ok(dump) => tables.push(Table {
+                family,
+                now: NatState::parse(&dump),
+                required: family == Family::V4 || ipv6 == Ipv6::On,
+            }),
             Err(failure) if family == Family::V6 && ipv6 == Ipv6::NoAddress => {
                 eprintln!(
                     "warden init: IPv6 skipped: this namespace has no IPv6 address and \
@@ -150,6 +154,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         apply(&cfg, backend, &tables)
     }
+}
+
+/// One family's nat table as read before any change.
+struct Table {
+    family: Family,
+    now: NatState,
+    /// A failure to install is an error (else a note: IPv6 without any IPv6 address).
+    required: bool,
 }
 
 /// Probes `backend` unless the mode names the other one.
@@ -189,15 +201,25 @@ fn dry_run(
         .context("writing to stdout")
 }
 
-fn apply(cfg: &Config, backend: Backend, tables: &[(Family, NatState)]) -> anyhow::Result<()> {
+fn apply(cfg: &Config, backend: Backend, tables: &[Table]) -> anyhow::Result<()> {
     let mut done: Vec<Family> = Vec::new();
-    for (family, now) in tables {
-        let script = rules::apply_script(cfg, *family, now);
-        if let Err(failure) = backend::restore(backend, *family, &script) {
+    for table in tables {
+        let family = table.family;
+        let script = rules::apply_script(cfg, family, &table.now);
+        if let Err(failure) = backend::restore(backend, family, &script) {
+            if !table.required {
+                eprintln!(
+                    "warden init: {} skipped: this namespace has no {0} address and \
+                     installing the rules failed ({})",
+                    family.label(),
+                    failure.detail()
+                );
+                continue;
+            }
             let doing = format!("installing the {} rules", family.label());
             anyhow::bail!("{}{}", failure.message(&doing), undo(backend, &done));
         }
-        done.push(*family);
+        done.push(family);
     }
     let labels: Vec<&str> = done.iter().map(|f| f.label()).collect();
     eprintln!(
@@ -250,8 +272,8 @@ fn undo(backend: Backend, done: &[Family]) -> String {
     note
 }
 
-fn remove(backend: Backend, tables: &[(Family, NatState)]) -> anyhow::Result<()> {
-    for (family, now) in tables {
+fn remove(backend: Backend, tables: &[Table]) -> anyhow::Result<()> {
+    for Table { family, now, .. } in tables {
         match rules::remove_script(now) {
             Some(script) => {
                 if let Err(failure) = backend::restore(backend, *family, &script) {
