@@ -29,8 +29,13 @@ pub struct App {
 
 impl App {
     pub fn start() -> Self {
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("bind the app on 127.0.0.1");
+        Self::start_at("127.0.0.1:0")
+    }
+
+    /// The app on `bind` (the capture benchmark binds 0.0.0.0 inside a pod's namespace).
+    pub fn start_at(bind: &str) -> Self {
+        let std_listener = std::net::TcpListener::bind(bind)
+            .unwrap_or_else(|e| panic!("bind the app on {bind}: {e}"));
         std_listener
             .set_nonblocking(true)
             .expect("nonblocking listener");

@@ -21,6 +21,7 @@ mod pki;
 mod load;
 mod relay;
 mod report;
+mod section;
 mod sys;
 mod topo;
 
@@ -304,7 +305,7 @@ fn main() {
     println!("{text}");
     if opts.write {
         let path = root.join("BENCHMARKS.md");
-        match report::write_section(&path, "mesh", &text) {
+        match section::write_section(&path, "mesh", &text) {
             Ok(()) => eprintln!("wrote {}", path.display()),
             Err(e) => eprintln!("cannot write {}: {e}", path.display()),
         }
