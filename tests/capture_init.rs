@@ -175,7 +175,10 @@ fn no_iptables_binary_is_a_clear_error() {
     );
     // A dry run still shows the rules, with a guessed backend.
     let (stdout, stderr) = succeeded(&run(&["--dry-run"]));
-    assert!(stderr.contains("guessed: no iptables on PATH"), "{stderr}");
+    assert!(
+        stderr.contains("guessed: no usable iptables on PATH"),
+        "{stderr}"
+    );
     assert!(
         stdout.contains("-A WARDEN_OUTPUT -m owner --uid-owner 1337 -j RETURN"),
         "{stdout}"
@@ -419,6 +422,30 @@ fn without_net_admin_says_so() {
                 "{mode} {extra:?}: {stderr}"
             );
         }
+    }
+    assert_eq!([dumps(&ns, "nft"), dumps(&ns, "legacy")], before);
+}
+
+/// Root without CAP_NET_ADMIN, as in an init container that did not add it.
+#[test]
+fn root_without_net_admin_says_so() {
+    if !netns::available_or_skip("root_without_net_admin_says_so") {
+        return;
+    }
+    let ns = Netns::new("rootnocap");
+    let before = [dumps(&ns, "nft"), dumps(&ns, "legacy")];
+    for mode in ["auto", "nft", "legacy"] {
+        let out = ns
+            .command("setpriv")
+            .args(["--inh-caps=-net_admin", "--bounding-set=-net_admin", "--"])
+            .args([WARDEN, "init", "--iptables-mode", mode])
+            .output()
+            .expect("run warden init");
+        let (_, stderr) = failed(&out);
+        assert!(
+            stderr.contains("error: warden init needs CAP_NET_ADMIN"),
+            "{mode}: {stderr}"
+        );
     }
     assert_eq!([dumps(&ns, "nft"), dumps(&ns, "legacy")], before);
 }

@@ -148,25 +148,39 @@ pub fn choose(
         Mode::Legacy => return explicit(Backend::Legacy, legacy),
         Mode::Auto => {}
     }
-    match (nft, legacy) {
-        (Probe::Rules(n), Probe::Rules(l)) if *l > *n => {
-            return pick(
+    // The kubelet's or the CNI's rules decide.
+    let (n, l) = (rule_count(nft), rule_count(legacy));
+    if n > 0 || l > 0 {
+        return if l > n {
+            pick(
                 Backend::Legacy,
                 "auto: this namespace's rules are in iptables-legacy",
-            );
-        }
-        (Probe::Rules(n), _) if *n > 0 => {
-            return pick(
+            )
+        } else {
+            pick(
                 Backend::Nft,
                 "auto: this namespace's rules are in iptables-nft",
-            );
+            )
+        };
+    }
+    let guess = |why: &str| {
+        if *nft != Probe::Missing || (*legacy == Probe::Missing && !plain_present) {
+            pick(Backend::Nft, why)
+        } else if *legacy != Probe::Missing {
+            pick(Backend::Legacy, why)
+        } else {
+            pick(Backend::Plain, why)
         }
-        (_, Probe::Rules(l)) if *l > 0 => {
-            return pick(
-                Backend::Legacy,
-                "auto: this namespace's rules are in iptables-legacy",
-            );
+    };
+    // Refused: nothing can be read (a legacy save may still "work" by listing no table,
+    // which says nothing about nf_tables).
+    if matches!(nft, Probe::Denied(_)) || matches!(legacy, Probe::Denied(_)) {
+        if dry_run {
+            return guess("auto, guessed: cannot read the rules without privileges (dry run)");
         }
+        anyhow::bail!("{NO_NET_ADMIN}");
+    }
+    match (nft, legacy) {
         (Probe::Rules(_), _) => {
             return pick(Backend::Nft, "auto: no rules yet, and nf_tables works");
         }
@@ -178,35 +192,16 @@ pub fn choose(
         }
         _ => {}
     }
-    let denied = matches!(nft, Probe::Denied(_)) || matches!(legacy, Probe::Denied(_));
-    if dry_run {
-        // Without privileges nothing can be read: show what a privileged run would most
-        // likely pick.
-        if *nft != Probe::Missing {
-            return pick(
-                Backend::Nft,
-                "auto, guessed: cannot read the rules (dry run)",
-            );
-        }
-        if *legacy != Probe::Missing {
-            return pick(
-                Backend::Legacy,
-                "auto, guessed: cannot read the rules (dry run)",
-            );
-        }
-        if !plain_present {
-            return pick(
-                Backend::Nft,
-                "auto, guessed: no iptables on PATH here, a real run needs one",
-            );
-        }
-    } else if denied {
-        anyhow::bail!("{NO_NET_ADMIN}");
-    }
     if plain_present {
         return pick(
             Backend::Plain,
             "auto: neither iptables-nft nor iptables-legacy is usable",
+        );
+    }
+    if dry_run {
+        return pick(
+            Backend::Nft,
+            "auto, guessed: no usable iptables on PATH here, a real run needs one",
         );
     }
     match (nft, legacy) {
@@ -214,6 +209,13 @@ pub fn choose(
             anyhow::bail!("warden init: no working iptables: {e}")
         }
         _ => anyhow::bail!("{NO_BINARY}"),
+    }
+}
+
+fn rule_count(probe: &Probe) -> usize {
+    match probe {
+        Probe::Rules(n) => *n,
+        _ => 0,
     }
 }
 
@@ -412,6 +414,12 @@ mod tests {
         let d = || Denied("d".into());
         assert_eq!(chosen(Mode::Auto, d(), d(), true, true), "nft");
         assert_eq!(chosen(Mode::Auto, Missing, d(), true, true), "legacy");
+        // As root without CAP_NET_ADMIN, iptables-legacy-save lists no table and succeeds.
+        assert_eq!(chosen(Mode::Auto, d(), Rules(0), true, true), "nft");
+        assert_eq!(
+            chosen(Mode::Auto, d(), Rules(0), true, false),
+            format!("error: {NO_NET_ADMIN}")
+        );
         assert_eq!(chosen(Mode::Auto, Missing, Missing, true, true), "iptables");
         // Nothing installed at all: a dry run still shows the rules.
         assert_eq!(chosen(Mode::Auto, Missing, Missing, false, true), "nft");
