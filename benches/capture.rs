@@ -295,7 +295,8 @@ fn report(rounds: &[Vec<(Mode, Figures)>], opts: &Options) -> String {
     );
     let _ = writeln!(w, "| figure | explicit | captured | ratio |");
     let _ = writeln!(w, "|---|---:|---:|---:|");
-    let rows: [(&str, fn(&Figures) -> f64, bool); 5] = [
+    type Row = (&'static str, fn(&Figures) -> f64, bool);
+    let rows: [Row; 5] = [
         ("added p50 (µs above direct)", |f| f.p50_us, true),
         ("added p99 (µs above direct)", |f| f.p99_us, true),
         ("sidecar CPU per request (µs)", |f| f.cpu_us_per_req, false),

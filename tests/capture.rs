@@ -257,6 +257,41 @@ server_id = "spiffe://example.org/ns/rag/sa/vectordb"
             .is_some_and(|d| d.contains(&stray.to_string())),
         "{record}"
     );
+
+    // 6. Names are re-resolved: the service moves to X's address. The first connection to
+    //    the new address is claimed (an unclaimed address makes the sidecar resolve again
+    //    before refusing), and the old address is no longer the service's.
+    std::fs::write(
+        format!("/etc/netns/{}/hosts", a.ns.name),
+        format!("127.0.0.1 localhost\n{} vectordb.rag.test\n", x.addr),
+    )
+    .expect("hosts");
+    let allowed_before = a.metric(
+        "warden_authz_decisions_total",
+        &[("listener", "vectordb"), ("decision", "allow")],
+    );
+    let moved = SocketAddr::from((x.addr, APP_PORT));
+    let tcp = a.connect(moved).expect("captured connect is accepted");
+    // Nothing listens at the new address, so the exchange fails; what matters is that the
+    // vectordb listener claimed and decided it.
+    let _ = exchange(tcp, b"x");
+    a.wait_metric(
+        "warden_authz_decisions_total",
+        &[("listener", "vectordb"), ("decision", "allow")],
+        allowed_before + 1,
+    );
+    let unknown_before = a.metric(
+        "warden_authz_decisions_total",
+        &[("reason", "unknown_destination")],
+    );
+    let tcp = a.connect(b_app).expect("captured connect is accepted");
+    assert!(closed_without_answer(tcp, b"old address"));
+    a.wait_metric(
+        "warden_authz_decisions_total",
+        &[("reason", "unknown_destination")],
+        unknown_before + 1,
+    );
+    assert_eq!(app_b.accepts(), 2, "the old address still reached B's app");
 }
 
 /// `[[egress]]`: TLS whose SNI is listed passes through untouched to a server outside the

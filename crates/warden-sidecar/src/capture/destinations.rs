@@ -1,10 +1,13 @@
 //! Which `[[outbound]]` claims a captured connection's original destination.
 //!
 //! `destinations` are `host:port`s. Addresses are claimed as written; names are resolved
-//! at start, again every [`REFRESH`], and at once (at most once per [`MISS_REFRESH`]) when
-//! a captured connection goes to an address nobody claims, so a service whose pods moved
-//! is found on the first connection after the move. A name that fails to resolve keeps the
-//! addresses it had: a DNS hiccup must not turn a known service into an unknown one.
+//! at start, again every [`REFRESH`], and when a captured connection goes to an address
+//! nobody claims: that connection waits for a resolution that started after it arrived, so
+//! a service whose pods moved is found on the first connection after the move. Concurrent
+//! misses share one resolution, and resolutions are at least [`MISS_SPACING`] apart, so an
+//! app dialling unknown addresses in a loop costs the resolver at most a few queries a
+//! second. A name that fails to resolve keeps the addresses it had: a DNS hiccup must not
+//! turn a known service into an unknown one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +19,8 @@ use rustls::pki_types::ServerName;
 
 /// How often names are resolved again.
 pub(crate) const REFRESH: Duration = Duration::from_secs(5);
-/// The least time between two resolutions caused by unclaimed destinations.
-const MISS_REFRESH: Duration = Duration::from_secs(1);
+/// The least time between the starts of two resolutions.
+const MISS_SPACING: Duration = Duration::from_millis(200);
 /// How long one resolution of every name may take before the old addresses are kept.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -38,9 +41,11 @@ struct Entry {
 }
 
 pub(crate) struct Destinations {
+    /// Held for a whole resolution, so resolutions never overlap.
     entries: tokio::sync::Mutex<Vec<Entry>>,
     table: ArcSwap<HashMap<SocketAddr, Arc<Claim>>>,
-    last_resolved: Mutex<Option<Instant>>,
+    /// When the last resolution started.
+    last_started: Mutex<Option<Instant>>,
     /// Whether any destination is a name (else there is nothing to resolve).
     has_names: bool,
 }
@@ -70,7 +75,7 @@ impl Destinations {
             has_names,
             entries: tokio::sync::Mutex::new(entries),
             table: ArcSwap::from_pointee(table),
-            last_resolved: Mutex::new(None),
+            last_started: Mutex::new(None),
         }
     }
 
@@ -83,32 +88,42 @@ impl Destinations {
         self.table.load().get(&canonical(dst)).cloned()
     }
 
-    /// [`Self::lookup`], resolving the names again first when `dst` is unclaimed and the
-    /// last resolution is older than [`MISS_REFRESH`].
+    /// [`Self::lookup`]; when `dst` is unclaimed, after a resolution of the names that
+    /// started once this call had begun.
     pub(crate) async fn lookup_or_resolve(&self, dst: SocketAddr) -> Option<Arc<Claim>> {
         if let Some(claim) = self.lookup(dst) {
             return Some(claim);
         }
-        let stale = self
-            .last_resolved
-            .lock()
-            .map(|t| t.is_none_or(|t| t.elapsed() >= MISS_REFRESH))
-            .unwrap_or(true);
-        if stale && self.has_names() {
-            self.resolve().await;
+        if !self.has_names {
+            return None;
         }
+        self.resolve_since(Instant::now()).await;
         self.lookup(dst)
+    }
+
+    fn last_started(&self) -> Option<Instant> {
+        *self.last_started.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Resolves every name and installs the new table.
     pub(crate) async fn resolve(&self) {
+        self.resolve_since(Instant::now()).await;
+    }
+
+    /// Makes sure a resolution started at or after `asked` has finished: waits for one in
+    /// progress to end, and starts one unless a resolution that started after `asked`
+    /// already ran. Starts are [`MISS_SPACING`] apart at least.
+    async fn resolve_since(&self, asked: Instant) {
         let mut entries = self.entries.lock().await;
-        // Another caller may have just done it while this one waited for the lock.
-        if let Ok(last) = self.last_resolved.lock()
-            && last.is_some_and(|t| t.elapsed() < MISS_REFRESH / 10)
-        {
-            return;
+        if self.last_started().is_some_and(|t| t >= asked) {
+            return; // resolved by another caller while this one waited for the lock
         }
+        if let Some(next) = self.last_started().map(|t| t + MISS_SPACING)
+            && next > Instant::now()
+        {
+            tokio::time::sleep_until(next.into()).await;
+        }
+        *self.last_started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         for entry in entries.iter_mut().filter(|e| !e.literal) {
             let lookup = tokio::net::lookup_host(entry.host_port.as_str());
             match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
@@ -130,9 +145,6 @@ impl Destinations {
             }
         }
         self.table.store(Arc::new(build(&entries)));
-        if let Ok(mut last) = self.last_resolved.lock() {
-            *last = Some(Instant::now());
-        }
     }
 }
 
