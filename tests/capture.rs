@@ -459,3 +459,64 @@ fn captured_inbound_to_an_unclaimed_port_is_refused() {
     assert_eq!(other_app.accepts(), 0, "an unclaimed port reached its app");
     b.wait_audit("no_listener is audited", |r| r["reason"] == "no_listener");
 }
+
+/// IPv6 is captured like IPv4 (`warden init` programs ip6tables; the capture listeners
+/// have IPv6 twins and read `IP6T_SO_ORIGINAL_DST`): plaintext never reaches an app bound
+/// to `[::]`, and an unmodified client is meshed over IPv6.
+#[test]
+fn ipv6_is_captured_too() {
+    if !netns::available_or_skip("ipv6_is_captured_too") {
+        return;
+    }
+    let ca = Ca::new(TD);
+    let mut lan = Lan::new();
+    let mut a = Pod::new(&mut lan, "a", 1);
+    let mut b = Pod::new(&mut lan, "b", 2);
+    let x = Pod::new(&mut lan, "x", 3);
+    // Bound to [::] (both families), as most servers are.
+    let app_b = App::start_on(&b, "[::]:8080");
+    let b_app = SocketAddr::from((b.addr6, APP_PORT));
+    for pod in [&a, &b] {
+        let out = pod.init(&[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    b.start_sidecar(identity(&ca, "/ns/rag/sa/vectordb"), B_LISTENERS);
+    a.start_sidecar(
+        identity(&ca, "/ns/rag/sa/app"),
+        &format!(
+            r#"
+[capture]
+outbound = "127.0.0.1:15001"
+[[outbound]]
+name = "vectordb"
+destinations = ["{b_app}"]
+server_id = "spiffe://example.org/ns/rag/sa/vectordb"
+"#
+        ),
+    );
+    let plain = x
+        .connect(b_app)
+        .expect("the TCP connect itself is accepted");
+    assert!(closed_without_answer(plain, b"GET / HTTP/1.1\r\n\r\n"));
+    b.wait_metric(
+        "warden_tls_handshakes_total",
+        &[("listener", "http"), ("result", "protocol")],
+        1,
+    );
+    assert_eq!(app_b.accepts(), 0, "IPv6 plaintext reached the app");
+    let tcp = a.connect(b_app).expect("connect");
+    assert_eq!(exchange(tcp, b"over ipv6").expect("meshed"), b"over ipv6");
+    assert_eq!(app_b.accepts(), 1);
+    let seen = b.wait_audit("B's audit names A over IPv6", |r| {
+        r["event"] == "authz" && r["decision"] == "allow" && r["peer_id"] == id("/ns/rag/sa/app")
+    });
+    let from = seen["peer_addr"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        from.starts_with(&format!("[{}]:", a.addr6)),
+        "B saw the hop from {from}"
+    );
+}

@@ -195,7 +195,8 @@ impl Lan {
         Self { hub, ports: 0 }
     }
 
-    /// A new pod namespace on this LAN, with `eth0` at 198.18.0.`host`/24.
+    /// A new pod namespace on this LAN, with `eth0` at 198.18.0.`host`/24 and at
+    /// [`Lan::ipv6`]`(host)`/64.
     pub fn pod(&mut self, tag: &str, host: u8) -> (Netns, Ipv4Addr) {
         let ns = Netns::new(tag);
         self.ports += 1;
@@ -209,8 +210,17 @@ impl Lan {
         self.hub.ip(&["link", "set", &port, "up"]);
         let addr = Ipv4Addr::new(198, 18, 0, host);
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        // nodad: usable at once, without duplicate address detection's wait.
+        let v6 = format!("{}/64", Self::ipv6(host));
+        ns.ip(&["-6", "addr", "add", &v6, "dev", "eth0", "nodad"]);
         ns.ip(&["link", "set", "eth0", "up"]);
         (ns, addr)
+    }
+
+    /// A pod's IPv6 address: 2001:2::`host`, from the IPv6 benchmarking range (RFC 5180),
+    /// never routed outside.
+    pub fn ipv6(host: u8) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, u16::from(host))
     }
 }
 

@@ -44,6 +44,7 @@ pub struct Pod {
     pub sidecar: Option<Child>,
     pub dir: tempfile::TempDir,
     pub addr: Ipv4Addr,
+    pub addr6: std::net::Ipv6Addr,
     pub ns: Netns,
 }
 
@@ -55,6 +56,7 @@ impl Pod {
             sidecar: None,
             dir,
             addr,
+            addr6: Lan::ipv6(host),
             ns,
         }
     }
@@ -231,9 +233,12 @@ pub struct App {
 
 impl App {
     pub fn start(pod: &Pod, port: u16) -> Self {
-        let listener = pod
-            .ns
-            .enter(|| TcpListener::bind(("0.0.0.0", port)).expect("bind app"));
+        Self::start_on(pod, &format!("0.0.0.0:{port}"))
+    }
+
+    /// The app bound to `addr` (`[::]:8080` takes both families).
+    pub fn start_on(pod: &Pod, addr: &str) -> Self {
+        let listener = pod.ns.enter(|| TcpListener::bind(addr).expect("bind app"));
         let accepts = Arc::new(AtomicUsize::new(0));
         let count = accepts.clone();
         std::thread::spawn(move || {

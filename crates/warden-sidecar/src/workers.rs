@@ -76,13 +76,24 @@ pub(crate) fn bind_group(
     addr: SocketAddr,
     workers: usize,
 ) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
+    bind_group_with(name, addr, workers, false)
+}
+
+/// [`bind_group`]; with `v6_only`, an IPv6 socket takes IPv6 connections only (so that
+/// `[::]:P` can sit beside `0.0.0.0:P`).
+pub(crate) fn bind_group_with(
+    name: &str,
+    addr: SocketAddr,
+    workers: usize,
+    v6_only: bool,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), StartError> {
     let fail = |source| StartError::Bind {
         listener: name.to_owned(),
         addr,
         source,
     };
     if workers <= 1 {
-        let socket = new_socket(addr, false).map_err(fail)?;
+        let socket = new_socket(addr, false, v6_only).map_err(fail)?;
         socket.bind(addr).map_err(fail)?;
         let listener = socket.listen(BACKLOG).map_err(fail)?;
         let bound = listener.local_addr().map_err(fail)?;
@@ -91,12 +102,12 @@ pub(crate) fn bind_group(
     // The probe: fails like a plain bind would if anything listens on the address, also
     // another process's SO_REUSEPORT group. It is not listening and has SO_REUSEADDR, so the
     // group below can bind beside it; it is dropped once the group listens.
-    let probe = new_socket(addr, false).map_err(fail)?;
+    let probe = new_socket(addr, false, v6_only).map_err(fail)?;
     probe.bind(addr).map_err(fail)?;
     let bound = probe.local_addr().map_err(fail)?;
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let socket = new_socket(bound, true).map_err(fail)?;
+        let socket = new_socket(bound, true, v6_only).map_err(fail)?;
         socket.bind(bound).map_err(fail)?;
         let listener = socket.listen(BACKLOG).map_err(fail)?;
         sockets.push(listener.into_std().map_err(fail)?);
@@ -105,12 +116,15 @@ pub(crate) fn bind_group(
     Ok((bound, sockets))
 }
 
-fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpSocket> {
+fn new_socket(addr: SocketAddr, reuse_port: bool, v6_only: bool) -> io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
+    if v6_only && addr.is_ipv6() {
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
+    }
     socket.set_reuseaddr(true)?;
     if reuse_port {
         socket.set_reuseport(true)?;

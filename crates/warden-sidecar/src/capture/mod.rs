@@ -198,6 +198,35 @@ impl Drop for DialedGuard {
     }
 }
 
+/// `warden init` redirects IPv6 too: to `[::1]:<outbound port>` and to the pod's IPv6
+/// address on the inbound port. So an IPv4 capture address on loopback or on every
+/// address gets an IPv6 twin on the same port (`[::1]`, `[::]` taking IPv6 only), unless
+/// the namespace has no IPv6 (then nothing can be redirected there either).
+fn ipv6_twin(
+    key: &str,
+    v4: SocketAddr,
+    workers: usize,
+) -> Result<Vec<std::net::TcpListener>, crate::StartError> {
+    let ip: std::net::Ipv6Addr = match v4.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_loopback() => std::net::Ipv6Addr::LOCALHOST,
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv6Addr::UNSPECIFIED,
+        _ => return Ok(Vec::new()),
+    };
+    let twin = SocketAddr::new(ip.into(), v4.port());
+    match crate::workers::bind_group_with(key, twin, workers, true) {
+        Ok((_, sockets)) => Ok(sockets),
+        Err(crate::StartError::Bind { source, .. })
+            if source.kind() == io::ErrorKind::AddrNotAvailable
+                || source.raw_os_error() == Some(97) =>
+        {
+            // EADDRNOTAVAIL: no ::1 here; EAFNOSUPPORT (97): IPv6 is off in this kernel.
+            tracing::debug!(%twin, error = %source, "no IPv6 twin of a capture listener");
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The `[capture]` listeners, ready for the workers.
 pub(crate) struct Captured {
     pub groups: Vec<crate::workers::ListenerGroup>,
@@ -223,8 +252,9 @@ pub(crate) fn listeners(
     };
     let name: Arc<str> = CAPTURE_LISTENER.into();
     if let Some(listen) = config.capture.inbound {
-        let (addr, sockets) = crate::workers::bind_group("capture.inbound", listen, workers)?;
+        let (addr, mut sockets) = crate::workers::bind_group("capture.inbound", listen, workers)?;
         captured.addrs.0 = Some(addr);
+        sockets.extend(ipv6_twin("capture.inbound", addr, workers)?);
         let capture = Arc::new(CaptureInbound {
             name: name.clone(),
             by_port,
@@ -247,8 +277,9 @@ pub(crate) fn listeners(
         });
     }
     if let Some(listen) = config.capture.outbound {
-        let (addr, sockets) = crate::workers::bind_group("capture.outbound", listen, workers)?;
+        let (addr, mut sockets) = crate::workers::bind_group("capture.outbound", listen, workers)?;
         captured.addrs.1 = Some(addr);
+        sockets.extend(ipv6_twin("capture.outbound", addr, workers)?);
         let destinations = Arc::new(Destinations::new(
             config
                 .outbound
