@@ -19,5 +19,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+
+    // etcd's KV and Watch (a vendored subset, see proto/etcd/NOTICE): client only, and not
+    // in the reflection descriptors, since Warden serves none of it.
+    let etcd = ["etcd/rpc.proto", "etcd/mvccpb/kv.proto"];
+    for f in &etcd {
+        println!("cargo:rerun-if-changed={}", root.join(f).display());
+    }
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(protox::compile(etcd, [&root])?)?;
     Ok(())
 }

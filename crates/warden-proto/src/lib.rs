@@ -1,5 +1,6 @@
 //! Generated protobuf and gRPC code, nothing else: the SPIFFE Workload API (no proto package,
-//! wire-compatible with SPIRE) and Warden's control-plane API (`warden.control.v1`).
+//! wire-compatible with SPIRE), Warden's control-plane API (`warden.control.v1`), and the
+//! client side of etcd v3's KV and Watch (a vendored subset, `proto/etcd/`).
 // Generated code is not ours to lint.
 #![allow(clippy::all, clippy::pedantic)]
 #![forbid(unsafe_code)]
@@ -13,6 +14,16 @@ pub mod workload {
 pub mod control {
     pub mod v1 {
         tonic::include_proto!("warden.control.v1");
+    }
+}
+
+/// etcd v3's KV and Watch services (client side), for the control plane's etcd store.
+pub mod etcd {
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
     }
 }
 
