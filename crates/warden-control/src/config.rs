@@ -13,6 +13,9 @@ use warden_config::{Errors, RawIdentity, parse_duration, read_config_file};
 use warden_identity::IdentityConfig;
 use warden_identity::{SpiffeId, TrustDomain};
 
+mod store;
+pub use store::{EtcdConfig, StoreConfig, endpoint_authority};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -29,6 +32,8 @@ struct RawConfig {
     workload_api: Vec<RawRegistration>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    store: store::RawStore,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +119,7 @@ pub struct ControlPlaneConfig {
     pub ca: CaConfig,
     pub workload_api: Vec<WorkloadRegistration>,
     pub limits: ControlLimits,
+    pub store: StoreConfig,
 }
 
 impl ControlPlaneConfig {
@@ -239,6 +245,7 @@ impl ControlPlaneConfig {
                 defaults.max_streams_per_peer,
             )?,
         };
+        let store = store::store_config(&at, raw.store)?;
         Ok(Self {
             trust_domain,
             listen,
@@ -248,6 +255,7 @@ impl ControlPlaneConfig {
             ca,
             workload_api,
             limits,
+            store,
         })
     }
 }
@@ -283,6 +291,56 @@ spiffe_id = "spiffe://example.org/ns/rag/sa/retriever"
         );
         assert_eq!(c.workload_api.len(), 1);
         assert_eq!(c.limits, ControlLimits::default());
+        assert_eq!(c.store, StoreConfig::Embedded);
+    }
+
+    #[test]
+    fn an_etcd_store_parses_and_its_errors_name_the_key() {
+        let etcd = format!(
+            "{GOOD}[store]\nbackend = \"etcd\"\nendpoints = [\"https://10.0.0.1:2379\", \"https://etcd-1:2379/\"]\nprefix = \"/warden/prod/\"\nca = \"/etc/etcd/ca.crt\"\ncert = \"/etc/etcd/c.crt\"\nkey = \"/etc/etcd/c.key\"\n"
+        );
+        let c = ControlPlaneConfig::from_toml("cp.toml", &etcd).expect("valid");
+        let StoreConfig::Etcd(e) = c.store else {
+            panic!("not etcd: {:?}", c.store);
+        };
+        assert_eq!(e.endpoints.len(), 2);
+        assert_eq!(e.prefix, "/warden/prod");
+        assert_eq!(e.ca, PathBuf::from("/etc/etcd/ca.crt"));
+        assert!(e.client.is_some());
+        for (edit, key) in [
+            (
+                etcd.replace("https://10.0.0.1:2379", "http://10.0.0.1:2379"),
+                "store.endpoints[0]",
+            ),
+            (
+                etcd.replace("https://etcd-1:2379/", "etcd-1:2379"),
+                "store.endpoints[1]",
+            ),
+            (etcd.replace("\"etcd\"\n", "\"consul\"\n"), "store.backend"),
+            (
+                etcd.replace("prefix = \"/warden/prod/\"", "prefix = \"warden\""),
+                "store.prefix",
+            ),
+            (
+                etcd.replace("prefix = \"/warden/prod/\"", "prefix = \"/\""),
+                "store.prefix",
+            ),
+            (etcd.replace("ca = \"/etc/etcd/ca.crt\"\n", ""), "store.ca"),
+            (etcd.replace("key = \"/etc/etcd/c.key\"\n", ""), "store.key"),
+            (
+                etcd.replace("cert = \"/etc/etcd/c.crt\"\n", ""),
+                "store.cert",
+            ),
+            (etcd.replace("backend = \"etcd\"\n", ""), "store.endpoints"),
+            (format!("{etcd}bogus = 1\n"), "store.bogus"),
+            (
+                format!("{GOOD}[store]\nendpoints = []\nbackend = \"etcd\"\nca = \"x\"\n"),
+                "store.endpoints",
+            ),
+        ] {
+            let err = ControlPlaneConfig::from_toml("cp.toml", &edit).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+        }
     }
 
     #[test]
