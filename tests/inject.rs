@@ -15,6 +15,13 @@ use std::process::{Command, Output, Stdio};
 use serde_yaml_ng::Value;
 
 const IMAGE: &str = "ghcr.io/warden-mesh/warden:test";
+/// The flags every golden run gets: what a generated sidecar config needs.
+const FLAGS: [&str; 4] = [
+    "--trust-domain",
+    "example.org",
+    "--control-plane",
+    "https://warden-control.warden-system.svc.cluster.local:7443",
+];
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/inject")
@@ -23,6 +30,7 @@ fn golden_dir() -> PathBuf {
 fn inject(input: &[u8], extra: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["inject", "-f", "-", "--image", IMAGE])
+        .args(FLAGS)
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -283,6 +291,7 @@ fn a_new_image_rerenders_an_injected_workload_in_place() {
     let first = ok_stdout("deployment", &inject(&input, &[]));
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["inject", "-f", "-", "--image", "example.com/warden:next"])
+        .args(FLAGS)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -383,6 +392,7 @@ fn a_file_argument_and_a_missing_file() {
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["inject", "--image", IMAGE, "-f"])
         .arg(&path)
+        .args(FLAGS)
         .output()
         .expect("runs");
     let golden = std::fs::read(golden_dir().join("pod.out.yaml")).expect("golden");

@@ -47,7 +47,12 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Long-running processes log at info; one-shot commands only when something is wrong.
-    let quiet = !matches!(cli.command, Command::Sidecar(_) | Command::ControlPlane(_));
+    let long_running = match &cli.command {
+        Command::Sidecar(_) | Command::ControlPlane(_) => true,
+        Command::Inject(args) => args.serves(),
+        _ => false,
+    };
+    let quiet = !long_running;
     init_logging(if quiet { "warn" } else { "info" });
     // The sidecar moves bytes on its own worker threads (one runtime per core, see
     // `warden_sidecar`); its main runtime only runs the admin API, policy pushes and SVID
@@ -71,7 +76,7 @@ pub fn main() -> ExitCode {
             Command::Policy(args) => policy::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Top(args) => top::run(args).await,
-            Command::Inject(args) => inject::run(&args),
+            Command::Inject(args) => inject::run(&args).await,
             Command::Init(args) => init::run(&args),
         }
     });

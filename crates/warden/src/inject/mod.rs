@@ -8,85 +8,107 @@
 //! processed before the first byte goes out), never change a document of another kind, and
 //! never give a different result for already injected input.
 
+mod capture;
+mod containers;
 mod emit;
+mod help;
+mod probes;
+mod settings;
+mod webhook;
 mod workload;
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use serde_yaml_ng::Value;
 
+pub(crate) use help::LONG_ABOUT;
 pub use workload::WorkloadError;
-
-pub(crate) const LONG_ABOUT: &str = "\
-Adds the Warden sidecar to the workloads in Kubernetes manifests and writes them to stdout.
-
-Workloads: Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job,
-CronJob (spec.jobTemplate) and the items of a `kind: List`; a file may hold many documents.
-Each pod gets: the `warden` container as a native sidecar (an init container with
-restartPolicy: Always, so it starts before the app and does not keep a Job from finishing;
-Kubernetes 1.29+), running `warden sidecar --config /etc/warden/sidecar.toml` as a non-root
-user on a read-only root filesystem, with CPU/memory requests, startup/liveness probes on
-/healthz and a readiness probe on /readyz of the metrics port (container port
-`warden-metrics`), and SPIFFE_ENDPOINT_SOCKET set;
-the volumes `warden-config` (the ConfigMap with key sidecar.toml), `warden-workload-api` (the
-SPIFFE CSI driver csi.spiffe.io, read-only, at /spiffe-workload-api) and `warden-data`
-(emptyDir for the policy cache); the annotation warden.dev/injected: \"true\", and
-prometheus.io/scrape, /port (the metrics port), /path (/metrics) unless prometheus.io/scrape
-is already set.
-
-Pod template annotations (a bare Pod: its own):
-  warden.dev/inject: \"false\"         leave this workload alone
-  warden.dev/inbound-port: \"8443\"    the sidecar's inbound listener port, or \"none\"
-  warden.dev/metrics-port: \"15020\"   the metrics-only listener: probes and Prometheus
-  warden.dev/config-map: NAME         the ConfigMap holding sidecar.toml (default <workload name>-warden)
-  warden.dev/admin-port               no longer accepted: refused with an error, because it
-                                      named the port of the whole admin server on the pod IP;
-                                      use warden.dev/metrics-port
-The sidecar's TOML must agree: inbound listen 0.0.0.0:<inbound-port>, and under [admin]
-metrics_listen = \"0.0.0.0:<metrics-port>\" (the kubelet and Prometheus reach the pod IP;
-that listener serves only /metrics, /healthz and /readyz). Keep [admin] listen on loopback
-(127.0.0.1:15000, the default): the debug views are not exposed by the pod, reach them with
-`kubectl port-forward` or `kubectl exec`. That port is still taken in the pod's network
-namespace, so the app must not use it.
-
-What is preserved:
-  - A document that needs no change is copied byte for byte, comments and layout included:
-    documents of other kinds (and workload kinds of other API groups), opted-out
-    workloads, already injected workloads given the same options, comment-only documents.
-  - In a document that gains a sidecar, every key and value, the order of the keys in
-    every mapping and the order of every list are kept; new keys go at the end of their
-    mapping (a missing pod template `metadata` goes first). Comments, anchors and aliases
-    (expanded), flow style (becomes block style), quoting and number spelling (0x1F becomes
-    31) are not kept: scalars are re-quoted so that Kubernetes reads the same types.
-    Input is read as YAML 1.2: an unquoted yes/no/on/off is kept as written.
-  - Idempotent: running it on its own output gives the same output. A workload marked
-    warden.dev/injected has its warden container and volumes re-rendered in place, so a
-    new --image updates it and the same options change nothing. A prometheus.io/port that
-    names a port of that earlier sidecar (such as warden-admin, the public admin port of
-    earlier versions) is moved to the metrics port.
-
-Refused, with a non-zero exit and nothing written: a YAML syntax error (the message names the
-document and the line); a workload without containers; a container or volume named like
-Warden's that warden inject did not add; a port clash with the app's containers.";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The manifest file to read, or `-` for stdin.
-    #[arg(long, short = 'f', value_name = "FILE")]
-    file: PathBuf,
-    /// The image of the injected `warden` container.
+    #[arg(
+        long,
+        short = 'f',
+        value_name = "FILE",
+        required_unless_present = "serve",
+        conflicts_with = "serve"
+    )]
+    file: Option<PathBuf>,
+    /// The image of the injected `warden` and `warden-init` containers.
     #[arg(long, value_name = "IMAGE", default_value = DEFAULT_IMAGE)]
     image: String,
+    /// Trust domain of the generated sidecar config (capture mode without
+    /// warden.dev/config-map).
+    #[arg(long, value_name = "TD")]
+    trust_domain: Option<String>,
+    /// `[policy] control_plane` of the generated sidecar config (https://host:port).
+    #[arg(long, value_name = "URL")]
+    control_plane: Option<String>,
+    /// `[policy] control_plane_id` of the generated sidecar config (default:
+    /// spiffe://<trust domain>/warden/control-plane).
+    #[arg(long, value_name = "SPIFFE_ID", requires = "control_plane")]
+    control_plane_id: Option<String>,
+    /// Run the mutating admission webhook instead: HTTPS, POST /inject, AdmissionReview v1.
+    #[arg(long, requires = "tls_dir")]
+    serve: bool,
+    /// The webhook's address (with --serve); port 0 picks a free port. The bound address
+    /// is printed to stderr as "listening on ADDR".
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:9443",
+        requires = "serve"
+    )]
+    listen: SocketAddr,
+    /// Directory with the webhook's tls.crt and tls.key (PEM; with --serve). Re-read when
+    /// they change.
+    #[arg(long, value_name = "DIR", requires = "serve")]
+    tls_dir: Option<PathBuf>,
+}
+
+impl Args {
+    /// A long-running webhook (it logs at info), rather than a one-shot command.
+    pub(crate) fn serves(&self) -> bool {
+        self.serve
+    }
 }
 
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/warden-mesh/warden:", env!("CARGO_PKG_VERSION"));
 
-/// What the injector needs besides the manifest.
-#[derive(Debug, Clone)]
+/// What the injector needs besides the manifest. The same for the CLI and the webhook.
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     pub image: String,
+    /// For a generated sidecar config; checked by [`Options::from_args`].
+    pub trust_domain: Option<String>,
+    pub control_plane: Option<String>,
+    pub control_plane_id: Option<String>,
+}
+
+impl Options {
+    /// Checks the flags that go into generated configs, so that a mistake is reported
+    /// once, naming the flag, and not for every pod.
+    fn from_args(args: &Args) -> anyhow::Result<Self> {
+        let opts = Self {
+            image: args.image.clone(),
+            trust_domain: args.trust_domain.clone(),
+            control_plane: args.control_plane.clone(),
+            control_plane_id: args.control_plane_id.clone(),
+        };
+        capture::check_flags(&opts).map_err(anyhow::Error::msg)?;
+        Ok(opts)
+    }
+}
+
+/// The injected text, and what the user should know about it (warnings, not errors).
+#[derive(Debug)]
+pub struct Injected {
+    pub text: String,
+    pub warnings: Vec<String>,
 }
 
 /// Why a manifest was refused. Documents are numbered from 1 in file order, counting only
@@ -115,26 +137,51 @@ pub enum InjectError {
     },
 }
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
+pub async fn run(args: &Args) -> anyhow::Result<()> {
+    let opts = Options::from_args(args)?;
+    if args.serve {
+        let Some(dir) = &args.tls_dir else {
+            anyhow::bail!("--serve needs --tls-dir");
+        };
+        return webhook::serve(args.listen, dir, opts).await;
+    }
+    let Some(file) = &args.file else {
+        anyhow::bail!("-f FILE is required (or --serve)");
+    };
     let mut text = String::new();
-    if args.file.as_os_str() == "-" {
+    if file.as_os_str() == "-" {
         std::io::stdin()
             .read_to_string(&mut text)
             .context("reading the manifest from stdin")?;
     } else {
-        text = std::fs::read_to_string(&args.file)
-            .with_context(|| format!("reading {}", args.file.display()))?;
+        text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     }
-    let opts = Options {
-        image: args.image.clone(),
-    };
     let out = inject_text(&text, &opts).map_err(anyhow::Error::new)?;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(out.as_bytes())
+        .write_all(out.text.as_bytes())
         .and_then(|()| stdout.flush())
         .context("writing to stdout")?;
     Ok(())
+}
+
+/// Injects into one Pod given as JSON (the admission webhook's object): the same pod the
+/// CLI makes of it, as JSON.
+pub fn inject_pod_json(
+    pod: &serde_json::Value,
+    opts: &Options,
+) -> Result<(serde_json::Value, Vec<String>), String> {
+    let mut yaml: Value =
+        serde_yaml_ng::to_value(pod).map_err(|e| format!("the pod cannot be read: {e}"))?;
+    let mut warnings = Vec::new();
+    workload::inject_object(&mut yaml, opts, "", &mut warnings).map_err(|e| e.to_string())?;
+    let json =
+        serde_json::to_value(&yaml).map_err(|e| format!("the pod cannot be written: {e}"))?;
+    Ok((json, warnings))
 }
 
 /// One document of the input: its text (from its `---` line, if any, up to the next one).
@@ -191,8 +238,9 @@ fn chunk(text: &str, from: usize, to: usize, start_line: usize) -> Chunk<'_> {
 }
 
 /// Injects into every workload of a multi-document manifest.
-pub fn inject_text(text: &str, opts: &Options) -> Result<String, InjectError> {
+pub fn inject_text(text: &str, opts: &Options) -> Result<Injected, InjectError> {
     let mut out = String::with_capacity(text.len() * 2);
+    let mut warnings = Vec::new();
     let mut doc = 0;
     for chunk in split_documents(text) {
         let original: Value = match serde_yaml_ng::from_str(chunk.text) {
@@ -219,13 +267,20 @@ pub fn inject_text(text: &str, opts: &Options) -> Result<String, InjectError> {
         }
         doc += 1;
         let mut injected = original.clone();
-        workload::inject_object(&mut injected, opts, "").map_err(|error| {
+        let mut notes = Vec::new();
+        workload::inject_object(&mut injected, opts, "", &mut notes).map_err(|error| {
             InjectError::Workload {
                 doc,
                 start: chunk.start_line,
                 error,
             }
         })?;
+        warnings.extend(notes.into_iter().map(|n| {
+            format!(
+                "document {doc} (starting at line {}): {n}",
+                chunk.start_line
+            )
+        }));
         if injected == original {
             out.push_str(chunk.text);
             continue;
@@ -246,7 +301,10 @@ pub fn inject_text(text: &str, opts: &Options) -> Result<String, InjectError> {
             out.push_str("...\n");
         }
     }
-    Ok(out)
+    Ok(Injected {
+        text: out,
+        warnings,
+    })
 }
 
 #[cfg(test)]
