@@ -16,6 +16,7 @@ use crate::model::{
     Direction, ListenerNameError, PartError, RawListeners, WorkloadPolicy, validate_parts,
 };
 use crate::pattern::PatternError;
+use crate::route::{RawRoute, UserRequirement};
 
 /// The syntax of a policy file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +77,8 @@ pub enum PolicyFileError {
         path: String,
         reason: ListenerNameError,
     },
+    #[error("{path}: {reason}")]
+    Route { path: String, reason: String },
     #[error("{path}: {spiffe_id:?} is already defined by workload[{first}]")]
     DuplicateWorkload {
         path: String,
@@ -141,6 +144,48 @@ pub fn to_toml(policies: &[WorkloadPolicy]) -> String {
                     out.push_str(&toml_string(pat.as_str()));
                 }
                 out.push_str("]\n");
+            }
+        }
+        for route in &p.routes {
+            out.push_str("\n[[workload.route]]\n");
+            let _ = writeln!(out, "listener = {}", toml_string(&route.listener));
+            let _ = writeln!(out, "path_prefix = {}", toml_string(&route.path_prefix));
+            let list = |items: Vec<&str>| {
+                let quoted: Vec<String> = items.into_iter().map(toml_string).collect();
+                format!("[{}]", quoted.join(", "))
+            };
+            if !route.methods.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "methods = {}",
+                    list(route.methods.iter().map(String::as_str).collect())
+                );
+            }
+            if !route.peers.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "peers = {}",
+                    list(route.peers.iter().map(|p| p.as_str()).collect())
+                );
+            }
+            if let Some(users) = &route.users {
+                let claims: Vec<String> = users
+                    .claims
+                    .iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{} = {}",
+                            toml_key(k),
+                            list(v.iter().map(String::as_str).collect())
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "users = {{ jwt = {}, claims = {{ {} }} }}",
+                    toml_string(&users.jwt),
+                    claims.join(", ")
+                );
             }
         }
     }
@@ -309,6 +354,7 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
     let mut spiffe_id = None;
     let mut inbound = Vec::new();
     let mut outbound = Vec::new();
+    let mut routes = Vec::new();
     for (key, value) in entries {
         let key_path = join(path, &key);
         match key.as_str() {
@@ -320,10 +366,11 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
             }
             "inbound" => inbound = read_listeners(&key_path, value)?,
             "outbound" => outbound = read_listeners(&key_path, value)?,
+            "route" => routes = read_routes(&key_path, value)?,
             _ => {
                 return Err(unknown_key(
                     &key_path,
-                    "one of \"spiffe_id\", \"inbound\", \"outbound\"",
+                    "one of \"spiffe_id\", \"inbound\", \"outbound\", \"route\"",
                 ));
             }
         }
@@ -334,7 +381,7 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
         });
     };
     // The same validation as the wire and the store; only the error's key path is ours.
-    validate_parts(&spiffe_id, borrowed(&inbound), borrowed(&outbound)).map_err(|e| {
+    validate_parts(&spiffe_id, borrowed(&inbound), borrowed(&outbound), &routes).map_err(|e| {
         let listener_path =
             |direction: Direction, name: &str| join(&join(path, direction.as_str()), name);
         match e {
@@ -366,8 +413,117 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
                 value,
                 reason,
             },
+            PartError::Route {
+                index,
+                field,
+                reason,
+            } => PolicyFileError::Route {
+                path: format!("{}[{index}].{field}", join(path, "route")),
+                reason,
+            },
         }
     })
+}
+
+/// `[[workload.route]]`: an array of tables, type-checked into raw routes; their values
+/// are validated by `validate_parts`.
+fn read_routes(path: &str, node: Node) -> Result<Vec<RawRoute>, PolicyFileError> {
+    let Node::Array(items) = node else {
+        return Err(wrong_type(
+            path,
+            "an array of tables ([[workload.route]])",
+            &node,
+        ));
+    };
+    let mut routes = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let route_path = format!("{path}[{i}]");
+        let Node::Table(entries) = item else {
+            return Err(wrong_type(&route_path, "a table", &item));
+        };
+        let mut route = RawRoute::default();
+        let (mut listener, mut prefix) = (None, None);
+        for (key, value) in entries {
+            let key_path = join(&route_path, &key);
+            match key.as_str() {
+                "listener" => listener = Some(string(&key_path, value, "a listener name")?),
+                "path_prefix" => prefix = Some(string(&key_path, value, "a path like \"/docs/\"")?),
+                "methods" => route.methods = strings(&key_path, value, "HTTP method")?,
+                "peers" => route.peers = strings(&key_path, value, "SPIFFE ID pattern")?,
+                "users" => route.users = Some(read_users(&key_path, value)?),
+                _ => {
+                    return Err(unknown_key(
+                        &key_path,
+                        "one of \"listener\", \"path_prefix\", \"methods\", \"peers\", \"users\"",
+                    ));
+                }
+            }
+        }
+        route.listener = listener.ok_or_else(|| PolicyFileError::Missing {
+            path: join(&route_path, "listener"),
+        })?;
+        route.path_prefix = prefix.ok_or_else(|| PolicyFileError::Missing {
+            path: join(&route_path, "path_prefix"),
+        })?;
+        routes.push(route);
+    }
+    Ok(routes)
+}
+
+fn read_users(path: &str, node: Node) -> Result<UserRequirement, PolicyFileError> {
+    let Node::Table(entries) = node else {
+        return Err(wrong_type(
+            path,
+            "a table like { jwt = \"idp\", claims = { ... } }",
+            &node,
+        ));
+    };
+    let mut jwt = None;
+    let mut claims = std::collections::BTreeMap::new();
+    for (key, value) in entries {
+        let key_path = join(path, &key);
+        match key.as_str() {
+            "jwt" => jwt = Some(string(&key_path, value, "a [[jwt]] name")?),
+            "claims" => {
+                let Node::Table(list) = value else {
+                    return Err(wrong_type(
+                        &key_path,
+                        "a table of claim name -> values",
+                        &value,
+                    ));
+                };
+                for (name, values) in list {
+                    let claim_path = join(&key_path, &name);
+                    claims.insert(name, strings(&claim_path, values, "claim value")?);
+                }
+            }
+            _ => return Err(unknown_key(&key_path, "one of \"jwt\", \"claims\"")),
+        }
+    }
+    Ok(UserRequirement {
+        jwt: jwt.ok_or_else(|| PolicyFileError::Missing {
+            path: join(path, "jwt"),
+        })?,
+        claims,
+    })
+}
+
+fn string(path: &str, node: Node, what: &'static str) -> Result<String, PolicyFileError> {
+    match node {
+        Node::Str(s) => Ok(s),
+        other => Err(wrong_type(path, what, &other)),
+    }
+}
+
+fn strings(path: &str, node: Node, what: &'static str) -> Result<Vec<String>, PolicyFileError> {
+    let Node::Array(items) = node else {
+        return Err(wrong_type(path, "an array of strings", &node));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| string(&format!("{path}[{i}]"), item, what))
+        .collect()
 }
 
 fn borrowed(raw: &[(String, Vec<String>)]) -> RawListeners<'_> {

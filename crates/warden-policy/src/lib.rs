@@ -17,6 +17,7 @@
 pub mod file;
 pub mod model;
 pub mod pattern;
+pub mod route;
 pub mod snapshot;
 pub mod wire;
 
@@ -26,5 +27,9 @@ pub use model::{
     RawListeners, WorkloadPolicy, validate_listener_name, validate_parts,
 };
 pub use pattern::{Pattern, PatternError};
+pub use route::{
+    PathError, RawRoute, RequestDecision, RequestReason, Route, UserCheck, UserRequirement,
+    normalize_path,
+};
 pub use snapshot::{Decision, PolicySnapshot, PolicySource, Reason};
 pub use warden_identity::{SpiffeId, SpiffeIdError, WorkloadId, WorkloadIdError};

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use warden_identity::{SpiffeId, SpiffeIdError, WorkloadId, WorkloadIdError};
 
 use crate::pattern::Pattern;
+use crate::route::{RawRoute, Route, validate_route};
 
 /// Which side of the sidecar a decision is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,6 +121,12 @@ pub enum PartError {
         value: String,
         reason: crate::pattern::PatternError,
     },
+    #[error("route[{index}].{field}: {reason}")]
+    Route {
+        index: usize,
+        field: String,
+        reason: String,
+    },
 }
 
 /// Why a serialized `WorkloadPolicy` (store, cache) was rejected: the parts' validation is
@@ -131,12 +138,14 @@ pub type RawListeners<'a> = Vec<(&'a str, Vec<&'a str>)>;
 
 /// The one validation of a workload policy, whatever it arrived in (a policy file, the
 /// control plane's wire message, the store, the sidecar's cache): the ID must name a
-/// workload, every listener name must be a [`ListenerName`], every pattern must parse.
-/// Parts are checked in order (ID, inbound, outbound), so the first error is reported.
+/// workload, every listener name must be a [`ListenerName`], every pattern must parse, and
+/// every route must be valid ([`validate_route`]). Parts are checked in order (ID,
+/// inbound, outbound, routes), so the first error is reported.
 pub fn validate_parts(
     spiffe_id: &str,
     inbound: RawListeners<'_>,
     outbound: RawListeners<'_>,
+    routes: &[RawRoute],
 ) -> Result<WorkloadPolicy, PartError> {
     let id = WorkloadId::parse(spiffe_id).map_err(|e| match e {
         WorkloadIdError::Invalid(reason) => PartError::SpiffeId {
@@ -178,6 +187,14 @@ pub fn validate_parts(
             map.insert(name.to_owned(), patterns);
         }
     }
+    for (index, raw) in routes.iter().enumerate() {
+        let route = validate_route(raw).map_err(|(field, reason)| PartError::Route {
+            index,
+            field,
+            reason,
+        })?;
+        policy.routes.push(route);
+    }
     Ok(policy)
 }
 
@@ -191,6 +208,9 @@ pub struct WorkloadPolicy {
     pub inbound: BTreeMap<String, Vec<Pattern>>,
     /// Listener name -> servers this workload may reach through it.
     pub outbound: BTreeMap<String, Vec<Pattern>>,
+    /// L7 rules of this workload's HTTP listeners, in order (first match wins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
     /// Assigned by the control plane, monotonic; 0 for a policy not (yet) stored there.
     pub version: u64,
     /// The admin SPIFFE ID that wrote this version.
@@ -215,6 +235,8 @@ struct RawWorkloadPolicy {
     #[serde(default)]
     outbound: BTreeMap<String, Vec<String>>,
     #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
     version: u64,
     #[serde(default)]
     updated_by: Option<String>,
@@ -236,6 +258,7 @@ impl TryFrom<RawWorkloadPolicy> for WorkloadPolicy {
             &raw.spiffe_id,
             listeners(&raw.inbound),
             listeners(&raw.outbound),
+            &raw.routes,
         )?;
         policy.version = raw.version;
         policy.updated_by = raw.updated_by;
@@ -251,6 +274,7 @@ impl WorkloadPolicy {
             spiffe_id,
             inbound: BTreeMap::new(),
             outbound: BTreeMap::new(),
+            routes: Vec::new(),
             version: 0,
             updated_by: None,
             updated_at_unix_ms: None,

@@ -221,6 +221,8 @@ pub struct PolicySnapshot {
     updated_at_unix_ms: Option<u64>,
     inbound: DirectionRules,
     outbound: DirectionRules,
+    /// L7 rules, in policy order.
+    routes: Vec<crate::Route>,
 }
 
 impl PolicySnapshot {
@@ -236,6 +238,7 @@ impl PolicySnapshot {
             updated_at_unix_ms: None,
             inbound: DirectionRules::default(),
             outbound: DirectionRules::default(),
+            routes: Vec::new(),
         }
     }
 
@@ -257,6 +260,7 @@ impl PolicySnapshot {
             updated_at_unix_ms: policy.updated_at_unix_ms,
             inbound: DirectionRules::compile(policy.inbound.clone()),
             outbound: DirectionRules::compile(policy.outbound.clone()),
+            routes: policy.routes.clone(),
         }
     }
 
@@ -306,6 +310,38 @@ impl PolicySnapshot {
             },
             None => deny(Reason::NoMatch),
         }
+    }
+
+    /// Decides one HTTP request on inbound `listener` (whose connection `decide` already
+    /// allowed): first matching route wins; no route matching denies, once the listener
+    /// has routes. `path` must be normalized ([`crate::normalize_path`]). Without a policy,
+    /// denies.
+    pub fn decide_request(
+        &self,
+        listener: &str,
+        peer: &SpiffeId,
+        method: &str,
+        path: &str,
+        users: &mut dyn FnMut(&crate::UserRequirement) -> crate::UserCheck,
+    ) -> crate::RequestDecision {
+        if !self.has_policy {
+            return crate::RequestDecision {
+                allowed: false,
+                route: None,
+                reason: crate::RequestReason::NoMatch,
+            };
+        }
+        let routes = self
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.listener == listener);
+        crate::route::decide_request(routes, peer, method, path, users)
+    }
+
+    /// The L7 rules, in policy order.
+    pub fn routes(&self) -> &[crate::Route] {
+        &self.routes
     }
 
     fn direction(&self, direction: Direction) -> &DirectionRules {

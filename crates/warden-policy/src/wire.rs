@@ -28,6 +28,46 @@ pub enum ConvertError {
         value: String,
         reason: String,
     },
+    #[error("routes[{index}].{field}: {reason}")]
+    Route {
+        index: usize,
+        field: String,
+        reason: String,
+    },
+}
+
+fn raw_route(r: &pb::Route) -> crate::RawRoute {
+    crate::RawRoute {
+        listener: r.listener.clone(),
+        path_prefix: r.path_prefix.clone(),
+        methods: r.methods.clone(),
+        peers: r.peers.clone(),
+        users: r.users.as_ref().map(|u| crate::UserRequirement {
+            jwt: u.jwt.clone(),
+            claims: u
+                .claims
+                .iter()
+                .map(|(k, v)| (k.clone(), v.values.clone()))
+                .collect(),
+        }),
+    }
+}
+
+fn route_to_proto(r: &crate::Route) -> pb::Route {
+    pb::Route {
+        listener: r.listener.clone(),
+        path_prefix: r.path_prefix.clone(),
+        methods: r.methods.clone(),
+        peers: r.peers.iter().map(|p| p.as_str().to_owned()).collect(),
+        users: r.users.as_ref().map(|u| pb::UserRequirement {
+            jwt: u.jwt.clone(),
+            claims: u
+                .claims
+                .iter()
+                .map(|(k, v)| (k.clone(), pb::StringList { values: v.clone() }))
+                .collect(),
+        }),
+    }
 }
 
 pub fn to_proto(p: &WorkloadPolicy) -> pb::WorkloadPolicy {
@@ -47,6 +87,7 @@ pub fn to_proto(p: &WorkloadPolicy) -> pb::WorkloadPolicy {
         spiffe_id: p.spiffe_id.to_string(),
         inbound: map(&p.inbound),
         outbound: map(&p.outbound),
+        routes: p.routes.iter().map(route_to_proto).collect(),
         version: p.version,
         updated_by: p.updated_by.clone().unwrap_or_default(),
         updated_at_unix_ms: p.updated_at_unix_ms.unwrap_or(0),
@@ -80,39 +121,54 @@ fn listeners(map: &HashMap<String, pb::PatternList>) -> RawListeners<'_> {
 
 pub fn from_proto(p: &pb::WorkloadPolicy) -> Result<WorkloadPolicy, ConvertError> {
     // The same validation as a policy file and the store; only the error's form is ours.
-    let mut policy = validate_parts(&p.spiffe_id, listeners(&p.inbound), listeners(&p.outbound))
-        .map_err(|e| match e {
-            PartError::SpiffeId { value, reason } => ConvertError::SpiffeId {
-                value,
-                reason: reason.to_string(),
-            },
-            PartError::NotWorkload { value } => ConvertError::SpiffeId {
-                reason: WorkloadIdError::NoPath(value.clone()).to_string(),
-                value,
-            },
-            PartError::ListenerName {
-                direction,
-                name,
-                reason,
-            } => ConvertError::Listener {
-                direction: direction.as_str(),
-                listener: name,
-                reason: reason.to_string(),
-            },
-            PartError::Pattern {
-                direction,
-                name,
-                index,
-                value,
-                reason,
-            } => ConvertError::Pattern {
-                direction: direction.as_str(),
-                listener: name,
-                index,
-                value,
-                reason: reason.to_string(),
-            },
-        })?;
+    let routes: Vec<crate::RawRoute> = p.routes.iter().map(raw_route).collect();
+    let mut policy = validate_parts(
+        &p.spiffe_id,
+        listeners(&p.inbound),
+        listeners(&p.outbound),
+        &routes,
+    )
+    .map_err(|e| match e {
+        PartError::SpiffeId { value, reason } => ConvertError::SpiffeId {
+            value,
+            reason: reason.to_string(),
+        },
+        PartError::NotWorkload { value } => ConvertError::SpiffeId {
+            reason: WorkloadIdError::NoPath(value.clone()).to_string(),
+            value,
+        },
+        PartError::ListenerName {
+            direction,
+            name,
+            reason,
+        } => ConvertError::Listener {
+            direction: direction.as_str(),
+            listener: name,
+            reason: reason.to_string(),
+        },
+        PartError::Pattern {
+            direction,
+            name,
+            index,
+            value,
+            reason,
+        } => ConvertError::Pattern {
+            direction: direction.as_str(),
+            listener: name,
+            index,
+            value,
+            reason: reason.to_string(),
+        },
+        PartError::Route {
+            index,
+            field,
+            reason,
+        } => ConvertError::Route {
+            index,
+            field,
+            reason,
+        },
+    })?;
     policy.version = p.version;
     policy.updated_by = (!p.updated_by.is_empty()).then(|| p.updated_by.clone());
     policy.updated_at_unix_ms = (p.updated_at_unix_ms != 0).then_some(p.updated_at_unix_ms);
