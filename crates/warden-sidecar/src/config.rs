@@ -13,7 +13,10 @@ use warden_policy::Pattern;
 
 pub use warden_config::{ConfigError, parse_duration, read_config_file};
 
+mod jwt;
 mod listeners;
+
+pub use jwt::{JwksSource, JwtConfig};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +42,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     app_probe: Vec<crate::app_probe::RawAppProbe>,
+    #[serde(default)]
+    jwt: Vec<jwt::RawJwt>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -265,6 +270,8 @@ pub struct SidecarConfig {
     pub limits: Limits,
     /// `[[app_probe]]`: the kubelet's probes of the app, answered on the metrics listener.
     pub app_probes: Vec<crate::app_probe::AppProbeConfig>,
+    /// `[[jwt]]`: the issuers of end-user tokens (or JWT-SVIDs) the HTTP listeners accept.
+    pub jwt: Vec<JwtConfig>,
 }
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15000";
@@ -457,6 +464,7 @@ impl Validator<'_> {
         };
         let app_probes =
             crate::app_probe::validate(&self.at, raw.app_probe, metrics_listen.is_some())?;
+        let jwt = self.jwt(raw.jwt, &identity)?;
         Ok(SidecarConfig {
             trust_domain,
             identity,
@@ -471,6 +479,7 @@ impl Validator<'_> {
             peer_id_limit,
             limits,
             app_probes,
+            jwt,
         })
     }
 }
