@@ -226,13 +226,7 @@ impl BuiltinCa {
     fn load(dir: &Path, trust_domain: &TrustDomain) -> Result<Self, CaError> {
         let cert_path = dir.join("ca.crt");
         let key_path = dir.join("ca.key");
-        let corrupt = |path: &Path, reason: String| CaError::Corrupt {
-            path: path.to_owned(),
-            reason,
-        };
         let cert_pem = std::fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
-        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| corrupt(&cert_path, format!("not a PEM certificate: {e}")))?;
         let key_pem =
             Zeroizing::new(std::fs::read_to_string(&key_path).map_err(io_err(&key_path))?);
         if let Ok(meta) = std::fs::metadata(&key_path)
@@ -240,7 +234,30 @@ impl BuiltinCa {
         {
             tracing::warn!(path = %key_path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "CA key is readable by other users; it should be 0600");
         }
-        let key = KeyPair::from_pem(&key_pem)
+        let ca = Self::from_pem(cert_pem, &key_pem, trust_domain, &cert_path, &key_path)?;
+        tracing::info!(trust_domain = %trust_domain, dir = %dir.display(), not_after = %humantime::format_rfc3339_seconds(ca.not_after), "built-in CA loaded");
+        Ok(ca)
+    }
+
+    /// The CA from its root certificate and key (PEM), checked as [`Self::load_or_create`]
+    /// checks files: a CA certificate of `trust_domain`, unexpired, with its own key.
+    /// `cert_at` and `key_at` say where they came from, for errors (a file, or a key in the
+    /// shared store).
+    pub fn from_pem(
+        cert_pem: String,
+        key_pem: &str,
+        trust_domain: &TrustDomain,
+        cert_at: &Path,
+        key_at: &Path,
+    ) -> Result<Self, CaError> {
+        let (cert_path, key_path) = (cert_at.to_owned(), key_at.to_owned());
+        let corrupt = |path: &Path, reason: String| CaError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| corrupt(&cert_path, format!("not a PEM certificate: {e}")))?;
+        let key = KeyPair::from_pem(key_pem)
             .map_err(|e| corrupt(&key_path, format!("not a PEM private key: {e}")))?;
         let (_, x509) = X509Certificate::from_der(&cert)
             .map_err(|e| corrupt(&cert_path, format!("not X.509: {e}")))?;
@@ -281,7 +298,6 @@ impl BuiltinCa {
             .map_err(|e| corrupt(&cert_path, e.to_string()))?;
         ca.identity_for(&probe, Duration::from_secs(60))
             .map_err(|e| corrupt(&key_path, format!("key and certificate do not match: {e}")))?;
-        tracing::info!(trust_domain = %trust_domain, dir = %dir.display(), not_after = %humantime::format_rfc3339_seconds(not_after), "built-in CA loaded");
         Ok(ca)
     }
 
@@ -408,19 +424,8 @@ impl BuiltinCa {
     }
 }
 
-/// Creates the root under a temporary directory and renames it to `dir`, so a crash leaves
-/// either no CA or a complete one. Losing a race with another process is fine: its CA wins.
-fn create_ca_dir(data_dir: &Path, dir: &Path, trust_domain: &TrustDomain) -> Result<(), CaError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
-        .map_err(io_err(data_dir))?;
-    let tmp = data_dir.join(format!(".{CA_DIR}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    create_private_dir(&tmp)?;
+/// A new self-signed root for `trust_domain`: certificate and key, PEM.
+pub fn new_root_pem(trust_domain: &TrustDomain) -> Result<(String, Zeroizing<String>), CaError> {
     let key = KeyPair::generate().map_err(sign_err)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -442,9 +447,25 @@ fn create_ca_dir(data_dir: &Path, dir: &Path, trust_domain: &TrustDomain) -> Res
     params.not_before = time::OffsetDateTime::from(now - Duration::from_secs(60));
     params.not_after = time::OffsetDateTime::from(now + CA_LIFETIME);
     let cert = params.self_signed(&key).map_err(sign_err)?;
-    let key_pem = Zeroizing::new(key.serialize_pem());
+    Ok((cert.pem(), Zeroizing::new(key.serialize_pem())))
+}
+
+/// Creates the root under a temporary directory and renames it to `dir`, so a crash leaves
+/// either no CA or a complete one. Losing a race with another process is fine: its CA wins.
+fn create_ca_dir(data_dir: &Path, dir: &Path, trust_domain: &TrustDomain) -> Result<(), CaError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(io_err(data_dir))?;
+    let tmp = data_dir.join(format!(".{CA_DIR}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    create_private_dir(&tmp)?;
+    let (cert_pem, key_pem) = new_root_pem(trust_domain)?;
     write_private(&tmp.join("ca.key"), key_pem.as_bytes())?;
-    write_private(&tmp.join("ca.crt"), cert.pem().as_bytes())?;
+    write_private(&tmp.join("ca.crt"), cert_pem.as_bytes())?;
     match std::fs::rename(&tmp, dir) {
         Ok(()) => {
             sync_dir(data_dir);

@@ -54,6 +54,8 @@ macro_rules! delegate_async_write {
 pub mod ca;
 pub mod ca_source;
 pub mod config;
+pub mod etcd;
+mod fanout;
 pub mod grpc_limits;
 mod h2_authority;
 pub mod policy_service;

@@ -1,10 +1,9 @@
 //! `warden.control.v1.PolicyService`: authorization of every call by the caller's SPIFFE ID,
 //! durable writes, and live fan-out of each workload's policy to the sidecars watching it.
 //!
-//! Writes are serialized (one at a time, as the store does anyway) and published to
-//! watchers in commit order while still holding the write lock, so a watcher can never see
-//! version N+1 before N. A watch subscription takes the same lock to read its initial state,
-//! so no write can fall between "read current" and "subscribe".
+//! Writes go to the store; watchers are fed from the store's change feed (`fanout.rs`), in
+//! revision order, whichever replica made the write. A watcher can never see version N+1
+//! before N, and no write falls between "read current" and "subscribe".
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -13,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use warden_identity::SpiffeId;
@@ -23,6 +21,7 @@ use warden_proto::control::v1::policy_service_server::PolicyService;
 
 use warden_identity::peer_share::PeerCounts;
 
+use crate::fanout::Fanout;
 use crate::grpc_limits::{ConnInfo, Gate, LogBudget, MethodLimits, Permit};
 use crate::store::{PolicyStore, StoreError};
 use crate::transport::Caller;
@@ -67,8 +66,6 @@ const MAX_SIDECAR_VERSION: usize = 64;
 static WATCH_LOG: LogBudget = LogBudget::new(20);
 static REFUSAL_LOG: LogBudget = LogBudget::new(20);
 
-type Snapshot = Arc<pb::PolicySnapshot>;
-
 #[derive(Debug, Clone)]
 struct Session {
     spiffe_id: SpiffeId,
@@ -79,10 +76,9 @@ struct Session {
     sidecar_version: String,
 }
 
-/// Watch channels per workload, and the live watch sessions.
+/// The live watch sessions.
 #[derive(Default)]
 struct Hub {
-    channels: Mutex<HashMap<SpiffeId, watch::Sender<Snapshot>>>,
     sessions: Mutex<HashMap<u64, Session>>,
     next_session: AtomicU64,
 }
@@ -97,7 +93,7 @@ pub struct PolicyApi {
     store: Arc<dyn PolicyStore>,
     admins: HashSet<SpiffeId>,
     hub: Arc<Hub>,
-    writes: tokio::sync::Mutex<()>,
+    fanout: Fanout,
 }
 
 fn now_ms() -> u64 {
@@ -107,15 +103,25 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn store_status(e: StoreError) -> Status {
+/// The status a store failure becomes. `detailed`: the caller is an admin, who is told
+/// which store failed and why (a workload reading its own policy is not).
+fn store_status(e: StoreError, detailed: bool) -> Status {
     match e {
         StoreError::VersionConflict { expected, actual } => Status::failed_precondition(format!(
             "stale version: you expected version {expected}, the current version is {actual}; get the policy again and retry"
         )),
         StoreError::NotFound(id) => Status::not_found(format!("no policy for {id}")),
-        StoreError::Backend(detail) => {
+        StoreError::Backend(detail) | StoreError::Unavailable(detail) => {
             tracing::error!(%detail, "policy store failure");
-            Status::unavailable("the policy store failed; the write was not applied")
+            if detailed {
+                Status::unavailable(format!("{detail}; nothing was changed"))
+            } else {
+                Status::unavailable("the policy store failed; nothing was changed")
+            }
+        }
+        e @ StoreError::Compacted { .. } => {
+            tracing::error!(detail = %e, "policy store failure");
+            Status::unavailable("the policy store failed")
         }
     }
 }
@@ -157,22 +163,18 @@ fn bounded_version(raw: &str) -> String {
         .collect()
 }
 
-fn snapshot_of(policy: Option<&warden_policy::WorkloadPolicy>, revision: u64) -> Snapshot {
-    Arc::new(pb::PolicySnapshot {
-        present: policy.is_some(),
-        policy: policy.map(convert::to_proto),
-        version: policy.map(|p| p.version).unwrap_or(revision),
-    })
-}
-
 impl PolicyApi {
-    pub fn new(store: Arc<dyn PolicyStore>, admins: impl IntoIterator<Item = SpiffeId>) -> Self {
-        Self {
+    /// The API over `store`, following its change feed from now on.
+    pub async fn start(
+        store: Arc<dyn PolicyStore>,
+        admins: impl IntoIterator<Item = SpiffeId>,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            fanout: Fanout::start(store.clone()).await?,
             store,
             admins: admins.into_iter().collect(),
             hub: Arc::new(Hub::default()),
-            writes: tokio::sync::Mutex::new(()),
-        }
+        })
     }
 
     /// The gate `grpc_limits::GuardLayer` applies before reading a request body: the
@@ -215,23 +217,6 @@ impl PolicyApi {
         Err(refuse_non_admin(caller, method))
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn PolicyStore) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, Status> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
-            .map_err(store_status)
-    }
-
-    fn publish(&self, id: &SpiffeId, snapshot: Snapshot) {
-        if let Some(tx) = lock(&self.hub.channels).get(id) {
-            tx.send_replace(snapshot);
-        }
-    }
-
     fn target(raw: &str) -> Result<SpiffeId, Status> {
         convert::workload_id(raw).map_err(|e| Status::invalid_argument(e.to_string()))
     }
@@ -254,12 +239,11 @@ impl PolicyService for PolicyApi {
             convert::from_proto(&wire).map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.authorize(&caller, "PutPolicy", Some(&policy.spiffe_id))?;
         let id = policy.spiffe_id.clone();
-        let admin = caller.spiffe_id.clone();
-        let _writing = self.writes.lock().await;
         let stored = self
-            .blocking(move |s| s.put(policy, body.expected_version, &admin, now_ms()))
-            .await?;
-        self.publish(&id, snapshot_of(Some(&stored), stored.version));
+            .store
+            .put(policy, body.expected_version, &caller.spiffe_id, now_ms())
+            .await
+            .map_err(|e| store_status(e, true))?;
         tracing::info!(target: "warden::audit", event = "policy_write", action = "put", workload = %id, version = stored.version, admin = %caller.spiffe_id, "policy written");
         Ok(Response::new(pb::PutPolicyResponse {
             policy: Some(convert::to_proto(&stored)),
@@ -273,8 +257,12 @@ impl PolicyService for PolicyApi {
         let caller = Self::caller(&req)?;
         let id = Self::target(&req.get_ref().spiffe_id)?;
         self.authorize(&caller, "GetPolicy", Some(&id))?;
-        let lookup = id.clone();
-        let policy = self.blocking(move |s| s.get(&lookup)).await?;
+        let admin = self.admins.contains(&caller.spiffe_id);
+        let policy = self
+            .store
+            .get(&id)
+            .await
+            .map_err(|e| store_status(e, admin))?;
         match policy {
             Some(p) => Ok(Response::new(pb::GetPolicyResponse {
                 policy: Some(convert::to_proto(&p)),
@@ -289,7 +277,7 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
         let caller = Self::caller(&req)?;
         self.authorize(&caller, "ListPolicies", None)?;
-        let list = self.blocking(|s| s.list()).await?;
+        let list = self.store.list().await.map_err(|e| store_status(e, true))?;
         Ok(Response::new(pb::ListPoliciesResponse {
             policies: list.iter().map(convert::to_proto).collect(),
         }))
@@ -303,13 +291,11 @@ impl PolicyService for PolicyApi {
         let body = req.into_inner();
         let id = Self::target(&body.spiffe_id)?;
         self.authorize(&caller, "DeletePolicy", Some(&id))?;
-        let admin = caller.spiffe_id.clone();
-        let target = id.clone();
-        let _writing = self.writes.lock().await;
         let version = self
-            .blocking(move |s| s.delete(&target, body.expected_version, &admin, now_ms()))
-            .await?;
-        self.publish(&id, snapshot_of(None, version));
+            .store
+            .delete(&id, body.expected_version, &caller.spiffe_id, now_ms())
+            .await
+            .map_err(|e| store_status(e, true))?;
         tracing::info!(target: "warden::audit", event = "policy_write", action = "delete", workload = %id, version, admin = %caller.spiffe_id, "policy deleted");
         Ok(Response::new(pb::DeletePolicyResponse { version }))
     }
@@ -321,7 +307,11 @@ impl PolicyService for PolicyApi {
         let caller = Self::caller(&req)?;
         let id = Self::target(&req.get_ref().spiffe_id)?;
         self.authorize(&caller, "History", Some(&id))?;
-        let entries = self.blocking(move |s| s.history(&id)).await?;
+        let entries = self
+            .store
+            .history(&id)
+            .await
+            .map_err(|e| store_status(e, true))?;
         Ok(Response::new(pb::HistoryResponse {
             entries: entries
                 .into_iter()
@@ -342,7 +332,11 @@ impl PolicyService for PolicyApi {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let caller = Self::caller(&req)?;
         self.authorize(&caller, "Status", None)?;
-        let store_version = self.blocking(|s| s.revision()).await?;
+        let store_version = self
+            .store
+            .revision()
+            .await
+            .map_err(|e| store_status(e, true))?;
         let mut sidecars: Vec<pb::SidecarStatus> = lock(&self.hub.sessions)
             .values()
             .map(|s| pb::SidecarStatus {
@@ -372,22 +366,11 @@ impl PolicyService for PolicyApi {
         let caller = Self::caller(&req)?;
         let id = caller.spiffe_id.clone();
         let mut requests = req.into_inner();
-        let rx = {
-            let _writing = self.writes.lock().await;
-            let existing = lock(&self.hub.channels).get(&id).map(|tx| tx.subscribe());
-            match existing {
-                Some(rx) => rx,
-                None => {
-                    let lookup = id.clone();
-                    let (policy, revision) = self
-                        .blocking(move |s| Ok((s.get(&lookup)?, s.revision()?)))
-                        .await?;
-                    let (tx, rx) = watch::channel(snapshot_of(policy.as_ref(), revision));
-                    lock(&self.hub.channels).insert(id.clone(), tx);
-                    rx
-                }
-            }
-        };
+        let rx = self
+            .fanout
+            .subscribe(&id)
+            .await
+            .map_err(|e| store_status(e, false))?;
         let session_id = self.hub.next_session.fetch_add(1, Ordering::Relaxed);
         lock(&self.hub.sessions).insert(
             session_id,

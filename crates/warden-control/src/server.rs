@@ -13,9 +13,10 @@ use tokio::task::JoinHandle;
 use warden_identity::{IdentityStore, SourceEvent, SvidSource};
 use warden_proto::control::v1::policy_service_server::PolicyServiceServer;
 
-use crate::config::{ControlIdentity, ControlPlaneConfig};
+use crate::ca::BuiltinCa;
+use crate::config::{ControlIdentity, ControlPlaneConfig, StoreConfig};
 use crate::policy_service::PolicyApi;
-use crate::store::{RedbStore, StoreError};
+use crate::store::{EtcdStore, PolicyStore, RedbStore, StoreError};
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -84,11 +85,10 @@ impl ControlPlane {
     /// serving SVID may arrive a moment later (until then handshakes fail closed).
     pub async fn start(config: &ControlPlaneConfig) -> Result<Self, StartError> {
         create_private_dir(&config.data_dir)?;
+        let (store, etcd) = open_store(config).await?;
         let mut extras: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
         let ca = if config.ca.enabled {
-            let ca = crate::ca::BuiltinCa::load_or_create(&config.data_dir, &config.trust_domain)
-                .map_err(|e| StartError::Ca(e.to_string()))?;
-            let ca = Arc::new(ca);
+            let ca = Arc::new(builtin_ca(config, etcd.as_deref()).await?);
             if let Some(admin) = config.admins.first() {
                 let status = ca
                     .ensure_admin_credential(&config.data_dir, admin)
@@ -124,7 +124,7 @@ impl ControlPlane {
             }
             ControlIdentity::Source(identity) => warden_identity::source_for(identity),
         };
-        let mut cp = Self::start_with_source(config, source).await?;
+        let mut cp = Self::start_with_store(config, source, store).await?;
         cp.extras = extras;
         Ok(cp)
     }
@@ -135,7 +135,17 @@ impl ControlPlane {
         source: Box<dyn SvidSource>,
     ) -> Result<Self, StartError> {
         create_private_dir(&config.data_dir)?;
-        let store = RedbStore::open(&config.data_dir.join("policy.redb"))?;
+        let (store, _) = open_store(config).await?;
+        Self::start_with_store(config, source, store).await
+    }
+
+    async fn start_with_store(
+        config: &ControlPlaneConfig,
+        source: Box<dyn SvidSource>,
+        store: Arc<dyn PolicyStore>,
+    ) -> Result<Self, StartError> {
+        let described = store.describe();
+        let api = PolicyApi::start(store, config.admins.iter().cloned()).await?;
         let identity = IdentityStore::new();
         let identity_task = tokio::spawn(follow(source, identity.clone()));
         let listener =
@@ -154,7 +164,6 @@ impl ControlPlane {
         };
         let incoming = crate::transport::incoming(listener, tls, limits);
 
-        let api = PolicyApi::new(Arc::new(store), config.admins.iter().cloned());
         let guard = crate::grpc_limits::GuardLayer::new(
             api.gate(config.limits.max_streams_per_peer),
             crate::policy_service::method_limits(),
@@ -184,7 +193,7 @@ impl ControlPlane {
                 tracing::error!(error = %e, "control-plane API stopped");
             }
         });
-        tracing::info!(%addr, trust_domain = %config.trust_domain, "control plane listening");
+        tracing::info!(%addr, trust_domain = %config.trust_domain, store = %described, "control plane listening");
         Ok(Self {
             addr,
             identity,
@@ -216,6 +225,45 @@ impl ControlPlane {
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         }
     }
+}
+
+/// The store `[store]` names; with etcd, also the concrete store, where the CA lives too.
+async fn open_store(
+    config: &ControlPlaneConfig,
+) -> Result<(Arc<dyn PolicyStore>, Option<Arc<EtcdStore>>), StartError> {
+    match &config.store {
+        StoreConfig::Embedded => {
+            let store = RedbStore::open(&config.data_dir.join("policy.redb"))?;
+            Ok((Arc::new(store), None))
+        }
+        StoreConfig::Etcd(etcd) => {
+            let store = Arc::new(EtcdStore::connect(etcd).await?);
+            tracing::info!(store = %store.describe(), prefix = %etcd.prefix, "policy store connected");
+            Ok((store.clone(), Some(store)))
+        }
+    }
+}
+
+/// The built-in CA: in `data_dir/ca/` with the embedded store; in the store with etcd,
+/// created by the first replica to start and loaded by every other.
+async fn builtin_ca(
+    config: &ControlPlaneConfig,
+    etcd: Option<&EtcdStore>,
+) -> Result<BuiltinCa, StartError> {
+    let td = &config.trust_domain;
+    let Some(etcd) = etcd else {
+        return BuiltinCa::load_or_create(&config.data_dir, td)
+            .map_err(|e| StartError::Ca(e.to_string()));
+    };
+    let stored = etcd
+        .load_or_create_ca(td.as_str(), || crate::ca::new_root_pem(td))
+        .await?
+        .map_err(|e| StartError::Ca(e.to_string()))?;
+    let at = std::path::PathBuf::from(format!("{} key ca/{td}", etcd.describe()));
+    let ca = BuiltinCa::from_pem(stored.cert_pem, &stored.key_pem, td, &at, &at)
+        .map_err(|e| StartError::Ca(e.to_string()))?;
+    tracing::info!(trust_domain = %td, store = %etcd.describe(), created = stored.created, "built-in CA root from the shared store");
+    Ok(ca)
 }
 
 async fn follow(source: Box<dyn SvidSource>, store: Arc<IdentityStore>) {
