@@ -7,7 +7,9 @@
 //! metrics-only listener (security invariant 6). For the RAG demo it also checks
 //! that the chain is what the docs say: each hop admits only its predecessor, ports agree
 //! between sidecar config, container and annotations, and each workload file is exactly
-//! what `warden inject` makes of it.
+//! what `warden inject` makes of it. For the injection webhook, that the
+//! MutatingWebhookConfiguration, its Service, Deployment and certificate point at each other
+//! and that it injects with the control plane's trust domain and address.
 
 mod k8s_typed;
 
@@ -105,6 +107,9 @@ fn every_manifest_is_a_valid_typed_object_listed_by_a_kustomization() {
         "Service",
         "ClusterSPIFFEID",
         "Job",
+        "MutatingWebhookConfiguration",
+        "Certificate",
+        "PodDisruptionBudget",
     ] {
         assert!(kinds.contains(kind), "no {kind} in deploy/kubernetes");
     }
@@ -411,5 +416,174 @@ fn sidecar_admin_stays_on_loopback_and_probes_and_scrapes_use_metrics_listen() -
         }
     }
     assert_eq!(sidecars, CHAIN.len(), "workloads with a warden sidecar");
+    Ok(())
+}
+
+fn object<'a>(m: &'a Manifests, kind: &str, namespace: &str, name: &str) -> &'a Value {
+    m.objects
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| {
+            d["kind"] == kind
+                && d["metadata"]["name"] == name
+                && (namespace.is_empty() || d["metadata"]["namespace"] == namespace)
+        })
+        .unwrap_or_else(|| panic!("no {kind} {namespace}/{name}"))
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// The webhook is reachable where its configuration says (Service, port, path), with a
+/// certificate for that name whose CA the API server is given; it selects only pods of
+/// namespaces labelled warden.dev/inject=enabled on CREATE, lets a pod labelled
+/// warden.dev/inject: "false" (its own included) through untouched, and injects with the
+/// control plane's trust domain and address.
+#[test]
+fn the_injection_webhook_is_wired_to_its_service_certificate_and_namespaces() -> anyhow::Result<()>
+{
+    let m = load();
+    let config = m
+        .objects
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .context("no MutatingWebhookConfiguration")?;
+    let [hook] = config["webhooks"]
+        .as_sequence()
+        .context("webhooks")?
+        .as_slice()
+    else {
+        panic!("expected one webhook");
+    };
+    assert_eq!(strings(&hook["admissionReviewVersions"]), ["v1"]);
+    assert_eq!(hook["sideEffects"], "None");
+    assert!(
+        ["Fail", "Ignore"].contains(&hook["failurePolicy"].as_str().unwrap_or("")),
+        "failurePolicy must be explicit"
+    );
+    assert_eq!(
+        hook["namespaceSelector"]["matchLabels"]["warden.dev/inject"],
+        "enabled"
+    );
+    let opt_out = &hook["objectSelector"]["matchExpressions"][0];
+    assert_eq!(opt_out["key"], "warden.dev/inject");
+    assert_eq!(opt_out["operator"], "NotIn");
+    assert_eq!(strings(&opt_out["values"]), ["false"]);
+    let [rule] = hook["rules"].as_sequence().context("rules")?.as_slice() else {
+        panic!("expected one rule");
+    };
+    assert_eq!(strings(&rule["apiGroups"]), [""]);
+    assert_eq!(strings(&rule["apiVersions"]), ["v1"]);
+    assert_eq!(strings(&rule["operations"]), ["CREATE"]);
+    assert_eq!(strings(&rule["resources"]), ["pods"]);
+
+    let target = &hook["clientConfig"]["service"];
+    assert_eq!(target["path"], "/inject");
+    let ns = target["namespace"].as_str().context("service namespace")?;
+    let service = object(&m, "Service", ns, target["name"].as_str().context("name")?);
+    let port = service["spec"]["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["port"] == target["port"])
+        .context("the webhook's Service port")?;
+    let selector = &service["spec"]["selector"];
+    let deployment = m
+        .objects
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| {
+            d["kind"] == "Deployment"
+                && d["metadata"]["namespace"] == ns
+                && selector
+                    .as_mapping()
+                    .into_iter()
+                    .flatten()
+                    .all(|(k, v)| d["spec"]["template"]["metadata"]["labels"][k] == *v)
+        })
+        .context("the Deployment behind the webhook's Service")?;
+    let template = &deployment["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["labels"]["warden.dev/inject"], "false",
+        "the webhook must never wait on itself"
+    );
+    let container = &template["spec"]["containers"][0];
+    let args = strings(&container["args"]);
+    assert_eq!(args[..2], ["inject", "--serve"]);
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| *a == name)
+            .and_then(|i| args.get(i + 1))
+            .copied()
+            .unwrap_or_else(|| panic!("the webhook has no {name}"))
+    };
+    let listen_port: u64 = flag("--listen")
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .context("--listen port")?;
+    let container_port = container["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == port["targetPort"] || p["containerPort"] == port["targetPort"])
+        .context("the Service's targetPort on the webhook container")?;
+    assert_eq!(container_port["containerPort"].as_u64(), Some(listen_port));
+
+    // The serving certificate: its Secret is what --tls-dir holds, its name the Service's,
+    // and the API server is given its CA.
+    let tls_dir = flag("--tls-dir");
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["mountPath"] == tls_dir)
+        .context("--tls-dir is a volume mount")?;
+    let secret = template["spec"]["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == mount["name"])
+        .and_then(|v| v["secret"]["secretName"].as_str())
+        .context("--tls-dir is a Secret")?;
+    let inject_ca_from = config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        .as_str()
+        .context("caBundle from cert-manager")?;
+    let (cert_ns, cert_name) = inject_ca_from.split_once('/').context("ns/name")?;
+    let certificate = object(&m, "Certificate", cert_ns, cert_name);
+    assert_eq!(certificate["spec"]["secretName"], secret);
+    let dns = format!("{}.{ns}.svc", target["name"].as_str().unwrap_or(""));
+    assert!(
+        strings(&certificate["spec"]["dnsNames"]).contains(&dns.as_str()),
+        "the certificate must name {dns}"
+    );
+
+    // It injects for this cluster's control plane.
+    let maps = config_maps(&m);
+    let control = maps
+        .values()
+        .find_map(|d| d.get("control-plane.toml"))
+        .context("control-plane.toml")?;
+    let control = ControlPlaneConfig::from_toml("control-plane.toml", control)?;
+    assert_eq!(flag("--trust-domain"), control.trust_domain.as_str());
+    let url = flag("--control-plane");
+    let cp_service = object(&m, "Service", "warden-system", "warden-control");
+    assert!(
+        url.starts_with("https://warden-control.warden-system.svc")
+            && url.ends_with(&format!(
+                ":{}",
+                cp_service["spec"]["ports"][0]["port"].as_u64().unwrap_or(0)
+            )),
+        "--control-plane {url} is not the control plane's Service"
+    );
+    assert!(
+        object(&m, "Namespace", "", ns)["metadata"]["labels"]["warden.dev/inject"].is_null(),
+        "the webhook's own namespace must not be injected"
+    );
     Ok(())
 }

@@ -2,14 +2,15 @@
 //! is a valid Kubernetes object by reading it as the typed struct of its apiVersion/kind
 //! (k8s-openapi), and that the typed struct, written back, equals the document: k8s-openapi
 //! ignores unknown fields, so the round trip is what catches a misspelled one.
-//! Kinds without a k8s-openapi type (SPIRE's ClusterSPIFFEID, kustomize's Kustomization) use
-//! small hand-written structs with `deny_unknown_fields`.
+//! Kinds without a k8s-openapi type (SPIRE's ClusterSPIFFEID, cert-manager's Issuer and
+//! Certificate, kustomize's Kustomization) use small hand-written structs with
+//! `deny_unknown_fields`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::{apps, batch, core, networking, rbac};
+use k8s_openapi::api::{admissionregistration, apps, batch, core, networking, policy, rbac};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -59,6 +60,19 @@ pub fn check_object(doc: &Value) -> anyhow::Result<String> {
         ("networking.k8s.io/v1", "NetworkPolicy") => typed::<networking::v1::NetworkPolicy>(doc)?,
         ("rbac.authorization.k8s.io/v1", "Role") => typed::<rbac::v1::Role>(doc)?,
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => typed::<rbac::v1::RoleBinding>(doc)?,
+        ("policy/v1", "PodDisruptionBudget") => typed::<policy::v1::PodDisruptionBudget>(doc)?,
+        ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+            typed::<admissionregistration::v1::MutatingWebhookConfiguration>(doc)?
+        }
+        ("cert-manager.io/v1", "Issuer") => {
+            let _: CertManagerIssuer = strict(doc)?;
+        }
+        ("cert-manager.io/v1", "Certificate") => {
+            let c: CertManagerCertificate = strict(doc)?;
+            if c.spec.dns_names.is_empty() {
+                bail!("Certificate {:?} names no DNS name", c.metadata.name);
+            }
+        }
         ("spire.spiffe.io/v1alpha1", "ClusterSPIFFEID") => {
             let c: ClusterSpiffeId = strict(doc)?;
             if !c
@@ -147,6 +161,67 @@ pub struct ClusterSpiffeIdSpec {
     pub hint: Option<String>,
     #[serde(default)]
     pub class_name: Option<String>,
+}
+
+/// The fields of cert-manager's Issuer (cert-manager.io/v1) that Warden's manifests use.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertManagerIssuer {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: CertManagerIssuerSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertManagerIssuerSpec {
+    pub self_signed: BTreeMap<String, Value>,
+}
+
+/// The fields of cert-manager's Certificate (cert-manager.io/v1) that Warden's manifests use.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertManagerCertificate {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: CertManagerCertificateSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertManagerCertificateSpec {
+    pub secret_name: String,
+    #[serde(default)]
+    pub common_name: Option<String>,
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    #[serde(default)]
+    pub duration: Option<String>,
+    #[serde(default)]
+    pub renew_before: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<CertManagerPrivateKey>,
+    pub issuer_ref: CertManagerIssuerRef,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertManagerPrivateKey {
+    pub algorithm: String,
+    pub size: u32,
+    #[serde(default)]
+    pub rotation_policy: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertManagerIssuerRef {
+    pub name: String,
+    pub kind: String,
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// The kustomization.yaml fields Warden uses.
