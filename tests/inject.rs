@@ -425,6 +425,18 @@ fn help_states_what_is_preserved() {
         "metrics_listen",
         "kubectl port-forward",
         "warden.dev/config-map",
+        "warden.dev/capture: \"false\"",
+        "NET_ADMIN",
+        "uid 1337",
+        "/app-health/<container>/<livez|readyz|startupz>",
+        "HTTPS and gRPC probes",
+        "exec probes",
+        "warden.dev/sidecar-config",
+        "warden.dev/app-probes",
+        "warden.dev/skip-outbound-cidrs",
+        "--serve",
+        "AdmissionReview",
+        "HTTP 400",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
