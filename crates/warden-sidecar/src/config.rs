@@ -49,7 +49,7 @@ struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
-    control_plane: Option<String>,
+    control_plane: Option<crate::control::urls::RawControlPlane>,
     control_plane_id: Option<String>,
     cache: Option<PathBuf>,
 }
@@ -123,7 +123,8 @@ struct RawLimits {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyConfig {
-    pub control_plane: Option<String>,
+    /// The control plane's replicas (empty: none); the watch fails over between them.
+    pub control_plane: Vec<String>,
     pub control_plane_id: Option<SpiffeId>,
     pub cache: Option<PathBuf>,
 }
@@ -358,19 +359,12 @@ impl Validator<'_> {
                 .as_deref()
                 .map(|t| self.spiffe_id("policy.control_plane_id".into(), t))
                 .transpose()?,
-            control_plane: raw.policy.control_plane,
+            control_plane: crate::control::urls::control_plane_urls(
+                &self.at,
+                raw.policy.control_plane,
+            )?,
             cache: raw.policy.cache,
         };
-        if let Some(url) = &policy.control_plane
-            && crate::control::client::parse_url(url).is_err()
-        {
-            // Checked here, not at the first connection attempt: a URL the watch can never
-            // use would otherwise only show as warnings, retried forever.
-            return Err(self.e(
-                "policy.control_plane",
-                format!("{url:?}: must be an https://host:port URL"),
-            ));
-        }
         let capture = self.capture(raw.capture)?;
         let inbound = self.inbound(raw.inbound, &capture)?;
         let outbound = self.outbound(raw.outbound, &capture)?;

@@ -244,15 +244,14 @@ impl Sidecar {
             .telemetry
             .set_policy_version(shared.policy.load().version());
         // The cache matters only under a control plane: it stands in for it while it is away.
-        let cache = config
-            .policy
-            .control_plane
-            .as_ref()
-            .and(config.policy.cache.clone());
+        let cache = (!config.policy.control_plane.is_empty())
+            .then(|| config.policy.cache.clone())
+            .flatten();
         let identity_task = tokio::spawn(identity::follow_identity(source, shared.clone(), cache));
-        let watch_task = config.policy.control_plane.as_ref().map(|url| {
+        let urls = &config.policy.control_plane;
+        let watch_task = (!urls.is_empty()).then(|| {
             let target = control::WatchTarget {
-                url: url.clone(),
+                urls: urls.clone(),
                 control_plane_id: config
                     .policy
                     .control_plane_id

@@ -25,7 +25,7 @@ pub fn static_policy(config: &SidecarConfig) -> PolicySnapshot {
         .iter()
         .map(|l| (l.name.clone(), l.allow.clone()))
         .collect();
-    let outbound: BTreeMap<_, _> = if config.policy.control_plane.is_some() {
+    let outbound: BTreeMap<_, _> = if !config.policy.control_plane.is_empty() {
         BTreeMap::new()
     } else {
         config

@@ -1,11 +1,14 @@
 //! The sidecar's link to the control plane: watch our own workload's policy, apply each
 //! snapshot atomically (re-checking open connections), remember it in the last-known-good
-//! cache, acknowledge the applied version, and reconnect with backoff and jitter.
+//! cache, acknowledge the applied version, and reconnect with backoff and jitter. With
+//! several control-plane replicas, a failed watch moves to the next replica at once and
+//! backs off only when all of them have failed in a row.
 //!
 //! While the control plane is unreachable the last applied policy stays in force; nothing
 //! here ever widens access on an error.
 
 pub mod client;
+pub(crate) mod urls;
 
 use warden_policy::wire as convert;
 
@@ -26,7 +29,8 @@ use crate::telemetry::PolicyOutcome;
 /// Where and whom to watch.
 #[derive(Debug, Clone)]
 pub struct WatchTarget {
-    pub url: String,
+    /// The control plane's replicas, tried in turn (at least one).
+    pub urls: Vec<String>,
     pub control_plane_id: SpiffeId,
     pub cache: Option<PathBuf>,
 }
@@ -159,33 +163,52 @@ fn compile(
     }
 }
 
-/// Runs forever: connect, watch, apply, ack; on any failure back off and retry.
+/// How long a snapshot older than the version already applied is held back, waiting for a
+/// newer one on the same stream. A replica that has just been reached may lag the one that
+/// served the newer version by a few milliseconds; only a store that really went back (a
+/// restore) leaves the older version in place after this.
+const HOLD_OLDER: Duration = Duration::from_secs(3);
+
+/// Runs forever: connect, watch, apply, ack; on any failure move to the next replica, and
+/// back off once every replica has failed in a row.
 pub(crate) async fn watch_loop(shared: Arc<Shared>, target: WatchTarget) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut rotation = urls::Rotation::new(target.urls.len(), backoff.seed);
     let mut generation = shared.identity.subscribe();
+    let mut applied: Option<u64> = None;
     loop {
         // Without an SVID we cannot authenticate; wait for one rather than spin.
         while shared.identity.usable().is_none() {
             let _ = tokio::time::timeout(Duration::from_secs(1), generation.changed()).await;
         }
-        match watch_once(&shared, &target, &mut backoff).await {
-            Ok(()) => tracing::warn!(url = %target.url, "control plane closed the policy stream"),
+        let url = target.urls[rotation.current()].as_str();
+        let mut served = false;
+        match watch_once(&shared, &target, url, &mut served, &mut applied).await {
+            Ok(()) => tracing::warn!(url, "control plane closed the policy stream"),
             Err(e) => {
-                tracing::warn!(url = %target.url, error = %e, "policy watch failed; keeping the last policy")
+                tracing::warn!(url, error = %e, "policy watch failed; keeping the last policy")
             }
         }
         shared.telemetry.control_plane_connected(false);
-        tokio::time::sleep(backoff.next_delay()).await;
+        if served {
+            rotation.succeeded();
+            backoff.reset();
+        }
+        if rotation.failed() {
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
     }
 }
 
 async fn watch_once(
     shared: &Arc<Shared>,
     target: &WatchTarget,
-    backoff: &mut Backoff,
+    url: &str,
+    served: &mut bool,
+    applied: &mut Option<u64>,
 ) -> Result<(), String> {
     let channel = client::connect(
-        &target.url,
+        url,
         &shared.identity,
         &target.control_plane_id,
         Duration::from_secs(5),
@@ -208,23 +231,52 @@ async fn watch_once(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
     shared.telemetry.control_plane_connected(true);
-    tracing::info!(url = %target.url, "watching policy");
+    tracing::info!(url, "watching policy");
+    let mut held: Option<pb::PolicySnapshot> = None;
     loop {
-        let snapshot = match stream.message().await {
-            Ok(Some(s)) => s,
-            Ok(None) => return Ok(()),
-            Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
+        let snapshot = match held.take() {
+            Some(s) => s,
+            None => match stream.message().await {
+                Ok(Some(s)) => s,
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
+            },
         };
-        backoff.reset();
-        let me = shared.identity.load().map(|i| i.spiffe_id().clone());
-        let (compiled, policy, result) = compile(&snapshot, me.as_ref());
+        *served = true;
         let version = snapshot.version;
-        shared.apply_policy(compiled, result);
-        if let Some(path) = target.cache.clone() {
-            let written =
-                tokio::task::spawn_blocking(move || write_cache(&path, version, policy)).await;
-            if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
-                tracing::warn!(error = %e, "cannot write the policy cache; enforcement is unaffected");
+        if let Some(current) = *applied
+            && version < current
+        {
+            match tokio::time::timeout(HOLD_OLDER, stream.message()).await {
+                Ok(Ok(Some(newer))) => {
+                    held = Some(newer);
+                    continue;
+                }
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(s)) => return Err(format!("{}: {}", s.code(), s.message())),
+                Err(_) => {
+                    tracing::warn!(
+                        url,
+                        version,
+                        applied = current,
+                        "the control plane's version is older than the one applied and stayed so; applying it (was the store restored?)"
+                    );
+                }
+            }
+        }
+        // A replica reached after another sends the version already in force: nothing to
+        // apply again, only to acknowledge.
+        if *applied != Some(version) {
+            let me = shared.identity.load().map(|i| i.spiffe_id().clone());
+            let (compiled, policy, result) = compile(&snapshot, me.as_ref());
+            shared.apply_policy(compiled, result);
+            *applied = Some(version);
+            if let Some(path) = target.cache.clone() {
+                let written =
+                    tokio::task::spawn_blocking(move || write_cache(&path, version, policy)).await;
+                if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
+                    tracing::warn!(error = %e, "cannot write the policy cache; enforcement is unaffected");
+                }
             }
         }
         let ack = WatchRequest {
