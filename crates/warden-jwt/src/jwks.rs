@@ -59,6 +59,7 @@ enum Purpose {
 }
 
 /// One usable public key.
+#[derive(Clone)]
 pub(crate) struct Jwk {
     pub(crate) kid: Option<String>,
     family: KeyFamily,
@@ -78,7 +79,7 @@ impl Jwk {
 }
 
 /// A set of usable public keys.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Jwks {
     keys: Vec<Jwk>,
     skipped: Vec<String>,
@@ -187,7 +188,7 @@ impl Jwks {
 /// The JWT bundles of several trust domains (own and federated), as the Workload API's
 /// `FetchJWTBundles` delivers them. A JWT-SVID is checked against the bundle of its own
 /// subject's trust domain, never another's.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct JwtBundles {
     by_domain: HashMap<TrustDomain, Jwks>,
 }

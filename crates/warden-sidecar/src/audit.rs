@@ -44,6 +44,8 @@ pub enum AuditError {
 pub enum AuditEvent {
     /// An authorization decision on a connection.
     Authz,
+    /// A decision on one HTTP request of an http listener.
+    Http,
     /// A TLS handshake that failed (with its reason).
     HandshakeFailure,
     /// A connection refused at a limit.
@@ -95,6 +97,11 @@ pub struct Record {
     pub conn_id: Option<u64>,
     /// Free text for people (a TLS error message); never used as a summary key.
     pub detail: Option<String>,
+    /// HTTP requests: the method, the normalized path (at most 256 bytes, no query), and
+    /// the end user's `sub` when a token was validated.
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub user: Option<String>,
 }
 
 impl Record {
@@ -112,6 +119,9 @@ impl Record {
             policy_version: None,
             conn_id: None,
             detail: None,
+            method: None,
+            path: None,
+            user: None,
         }
     }
 
@@ -119,7 +129,7 @@ impl Record {
     fn suppressible(&self) -> bool {
         match self.event {
             AuditEvent::HandshakeFailure | AuditEvent::Refused => true,
-            AuditEvent::Authz => self.decision == Some(AuditDecision::Deny),
+            AuditEvent::Authz | AuditEvent::Http => self.decision == Some(AuditDecision::Deny),
             _ => false,
         }
     }

@@ -63,6 +63,11 @@ struct RawInbound {
     forward: Option<String>,
     #[serde(default)]
     allow: Vec<String>,
+    protocol: Option<String>,
+    forward_client_cert: Option<String>,
+    app_protocol: Option<String>,
+    proxy_protocol: Option<String>,
+    proxy_protocol_tlv: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +146,39 @@ pub struct InboundConfig {
     pub forward: String,
     /// The static allowlist; a control-plane policy replaces it. Empty means deny all.
     pub allow: Vec<Pattern>,
+    /// What runs inside the mTLS: bytes (`tcp`) or HTTP requests (`http`).
+    pub protocol: InboundProtocol,
+}
+
+/// `[[inbound]] protocol` and the keys that belong to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundProtocol {
+    /// Bytes, relayed as they come; optionally preceded by a PROXY v2 header to the app
+    /// carrying the peer's SPIFFE ID in a TLV of this type.
+    Tcp { proxy_protocol_tlv: Option<u8> },
+    /// HTTP/1.1 or HTTP/2 inside the mTLS, decided per request by the L7 routes.
+    Http {
+        forward_client_cert: ForwardClientCert,
+        app_protocol: AppProtocol,
+    },
+}
+
+/// `forward_client_cert`: what the app learns of the caller in `x-forwarded-client-cert`.
+/// A client's own copy of the header is dropped either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardClientCert {
+    /// Drop the client's header, send none.
+    Sanitize,
+    /// Drop the client's header, send `By=<our ID>;URI=<peer ID>`.
+    SanitizeSet,
+}
+
+/// `app_protocol`: how the sidecar speaks to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    Http1,
+    /// HTTP/2 without TLS, prior knowledge.
+    H2c,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

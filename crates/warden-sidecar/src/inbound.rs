@@ -18,6 +18,10 @@ pub(crate) struct InboundListener {
     pub name: Arc<str>,
     pub forward: String,
     pub acceptor: TlsAcceptor,
+    /// `protocol = "http"`: each request is decided by the L7 routes (`http/`).
+    pub http: Option<Arc<crate::l7::HttpSettings>>,
+    /// `proxy_protocol = "v2"` (tcp): the TLV type that carries the peer's SPIFFE ID.
+    pub proxy_protocol_tlv: Option<u8>,
 }
 
 pub(crate) async fn serve(
@@ -30,6 +34,8 @@ pub(crate) async fn serve(
     const DIR: Direction = Direction::Inbound;
     let conn_id = shared.registry.next_id();
     let _ = tcp.set_nodelay(true);
+    // For a PROXY v2 header: the address the peer connected to.
+    let local_addr = tcp.local_addr().ok();
     let limits = shared.limits;
     let started = std::time::Instant::now();
     let handshake = listener
@@ -119,10 +125,37 @@ pub(crate) async fn serve(
         .await;
         return;
     }
-    let Some(app) = flow::connect(&conn, listener.forward.as_str(), flow::Dial::App).await else {
+    let mut registration = registration;
+    if let Some(settings) = &listener.http {
+        let ctx = crate::l7::ConnCtx {
+            shared: shared.clone(),
+            listener: listener.name.clone(),
+            forward: listener.forward.clone(),
+            settings: settings.clone(),
+            peer: peer.clone(),
+            labels: labels.clone(),
+            conn_id,
+            peer_addr,
+            app: crate::l7::AppClient::new(settings.app_protocol),
+        };
+        let (stats, meters) = flow::open(&conn, &registration);
+        let reason = crate::l7::serve(ctx, meters.meter(tls), &mut registration.closed).await;
+        flow::report_close(&conn, reason, &stats);
+        return;
+    }
+    let Some(mut app) = flow::connect(&conn, listener.forward.as_str(), flow::Dial::App).await
+    else {
         return;
     };
-    let mut registration = registration;
+    if let Some(tlv) = listener.proxy_protocol_tlv {
+        let header = crate::proxy_protocol::header(peer_addr, local_addr, tlv, peer.as_str());
+        if tokio::io::AsyncWriteExt::write_all(&mut app, &header)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
     let (stats, meters) = flow::open(&conn, &registration);
     let reason = crate::relay::relay(
         meters.meter(tls),

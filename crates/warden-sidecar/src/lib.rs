@@ -16,10 +16,13 @@ pub mod control;
 mod flow;
 mod identity;
 mod inbound;
+pub mod jwks;
+mod l7;
 pub mod metrics;
 mod outbound;
 mod policy;
 mod pool;
+mod proxy_protocol;
 mod readahead;
 pub mod registry;
 mod relay;
@@ -127,18 +130,56 @@ impl Sidecar {
             permits: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
             per_peer: warden_identity::PeerCounts::new(config.limits.max_connections_per_peer),
+            l7: shared::L7Targets {
+                http_listeners: config
+                    .inbound
+                    .iter()
+                    .filter(|l| matches!(l.protocol, config::InboundProtocol::Http { .. }))
+                    .map(|l| l.name.clone())
+                    .collect(),
+                jwt_issuers: config.jwt.iter().map(|j| j.name.clone()).collect(),
+            },
         });
         let worker_count = config.limits.worker_threads();
         let mut groups = Vec::new();
         let server_config = tls::server_config(&identity)?;
+        // HTTP listeners offer h2 and http/1.1 by ALPN; a client offering none (an outbound
+        // sidecar relaying an app's bytes) is recognised by its first bytes instead.
+        let http_server_config = {
+            let mut c = (*server_config).clone();
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Arc::new(c)
+        };
+        let tokens: Arc<dyn l7::Tokens> = Arc::new(l7::NoTokens);
         let mut inbound_addrs = Vec::new();
         // Captured inbound connections, by the app port they were for.
         let mut by_port = std::collections::HashMap::new();
         for l in &config.inbound {
+            let (acceptor, http) = match l.protocol {
+                config::InboundProtocol::Http {
+                    forward_client_cert,
+                    app_protocol,
+                } => (
+                    TlsAcceptor::from(http_server_config.clone()),
+                    Some(Arc::new(l7::HttpSettings {
+                        forward_client_cert,
+                        app_protocol,
+                        tokens: tokens.clone(),
+                    })),
+                ),
+                config::InboundProtocol::Tcp { .. } => {
+                    (TlsAcceptor::from(server_config.clone()), None)
+                }
+            };
             let listener = Arc::new(inbound::InboundListener {
                 name: l.name.as_str().into(),
                 forward: l.forward.clone(),
-                acceptor: TlsAcceptor::from(server_config.clone()),
+                acceptor,
+                http,
+                proxy_protocol_tlv: match l.protocol {
+                    config::InboundProtocol::Tcp { proxy_protocol_tlv } => proxy_protocol_tlv,
+                    config::InboundProtocol::Http { .. } => None,
+                },
             });
             if let Some(port) = l.port {
                 by_port.insert(port, listener.clone());

@@ -92,6 +92,21 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JwksLabels {
+    /// The `[[jwt]]` name: bounded by the config.
+    issuer: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    listener: Arc<str>,
+    peer_id: Arc<str>,
+    decision: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -150,6 +165,8 @@ pub struct Metrics {
     policy_version: Gauge,
     policy_updates: Family<ResultLabel, Counter>,
     control_plane_connected: Gauge,
+    jwks_reloads: Family<JwksLabels, Counter>,
+    http_requests: Family<HttpLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -178,6 +195,8 @@ impl Metrics {
             policy_version: Gauge::default(),
             policy_updates: Family::default(),
             control_plane_connected: Gauge::default(),
+            jwks_reloads: Family::default(),
+            http_requests: Family::default(),
         };
         // Counters get their `_total` suffix from the encoder (OpenMetrics rule).
         let r = &mut m.registry;
@@ -238,6 +257,16 @@ impl Metrics {
             m.control_plane_connected.clone(),
         );
         r.register(
+            "warden_jwks_reloads",
+            "JWT key set loads per [[jwt]] issuer (ok, invalid: refused and the last good set kept, unavailable: not readable or reachable)",
+            m.jwks_reloads.clone(),
+        );
+        r.register(
+            "warden_http_requests",
+            "HTTP requests on http listeners, by decision and reason",
+            m.http_requests.clone(),
+        );
+        r.register(
             "warden_build",
             "Build information",
             Info::new(VersionLabel {
@@ -245,6 +274,16 @@ impl Metrics {
             }),
         );
         m
+    }
+
+    /// A key set load of `[[jwt]]` issuer `issuer` ended with `result`.
+    pub(crate) fn jwks_reload(&self, issuer: &Arc<str>, result: &'static str) {
+        self.jwks_reloads
+            .get_or_create(&JwksLabels {
+                issuer: issuer.clone(),
+                result,
+            })
+            .inc();
     }
 
     /// The capped `peer_id` label for `id` (`other` once the cap is reached).
@@ -296,6 +335,23 @@ impl Metrics {
         self.decisions
             .get_or_create(&DecisionLabels {
                 direction,
+                listener,
+                peer_id,
+                decision,
+                reason,
+            })
+            .inc();
+    }
+
+    pub(crate) fn http_request(
+        &self,
+        listener: Arc<str>,
+        peer_id: Arc<str>,
+        decision: &'static str,
+        reason: &'static str,
+    ) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
                 listener,
                 peer_id,
                 decision,

@@ -27,6 +27,40 @@ pub(crate) struct Shared {
     pub handshakes: Arc<Semaphore>,
     /// Inbound connections per peer SPIFFE ID (`limits.max_connections_per_peer`).
     pub per_peer: Arc<PeerCounts<SpiffeId>>,
+    /// What L7 routes of a policy may name here.
+    pub l7: L7Targets,
+}
+
+/// The inbound `http` listeners and `[[jwt]]` issuers of this sidecar: a policy whose
+/// routes name anything else is an error (never silently ignored), and is enforced as
+/// "deny everything" like any other invalid policy.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct L7Targets {
+    pub http_listeners: std::collections::HashSet<String>,
+    pub jwt_issuers: std::collections::HashSet<String>,
+}
+
+impl L7Targets {
+    /// Why `policy`'s routes cannot be enforced by this sidecar, if they cannot.
+    pub(crate) fn check(&self, policy: &PolicySnapshot) -> Result<(), String> {
+        for (i, route) in policy.routes().iter().enumerate() {
+            if !self.http_listeners.contains(&route.listener) {
+                return Err(format!(
+                    "route[{i}] names listener {:?}, which is not an inbound protocol = \"http\" listener of this sidecar",
+                    route.listener
+                ));
+            }
+            if let Some(users) = &route.users
+                && !self.jwt_issuers.contains(&users.jwt)
+            {
+                return Err(format!(
+                    "route[{i}] names [[jwt]] {:?}, which this sidecar does not configure",
+                    users.jwt
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What an accepted connection holds: its connection slot for its whole life and, inbound,
@@ -38,6 +72,15 @@ pub(crate) struct Permits {
 
 impl Shared {
     pub(crate) fn apply_policy(&self, policy: PolicySnapshot, outcome: PolicyOutcome) -> usize {
+        let (policy, outcome) = match self.l7.check(&policy) {
+            Ok(()) => (policy, outcome),
+            Err(why) => {
+                tracing::error!(version = policy.version(), "{why}; denying everything");
+                let deny =
+                    PolicySnapshot::compile(None, policy.source()).with_version(policy.version());
+                (deny, PolicyOutcome::Invalid)
+            }
+        };
         // Store first, then re-check: a connection registering concurrently either sees the
         // new policy in its own decision or is found by the re-check.
         self.policy.store(Arc::new(policy));

@@ -95,6 +95,20 @@ pub struct PeerLabels {
     peer: Box<str>,
 }
 
+/// One HTTP request's outcome, for [`Telemetry::http_request`].
+pub struct HttpOutcome<'a> {
+    pub allowed: bool,
+    /// The `reason` label: `allowed`, `no_routes`, `no_match`, `claims_mismatch`,
+    /// `bad_path`, or why the token was refused.
+    pub reason: &'static str,
+    /// The route that allowed it (index among the workload's routes).
+    pub route: Option<usize>,
+    pub user: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub detail: Option<String>,
+}
+
 /// Why capture refused a redirected connection before any policy could be asked (the
 /// `reason` label of `warden_authz_decisions_total`, with `decision="deny"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +225,47 @@ impl Telemetry {
             conn_id: Some(conn_id),
             detail: Some(detail),
             ..Record::new(AuditEvent::Authz)
+        });
+    }
+
+    /// A decision on one HTTP request: `warden_http_requests_total` and an `http` audit
+    /// record (denials flood-bounded like connection denials).
+    pub fn http_request(
+        &self,
+        p: &PeerLabels,
+        conn_id: u64,
+        peer_addr: SocketAddr,
+        o: &HttpOutcome<'_>,
+    ) {
+        if self.inner.off {
+            return;
+        }
+        let decision = if o.allowed { "allow" } else { "deny" };
+        self.inner.metrics.http_request(
+            p.listener.clone(),
+            p.peer_label.clone(),
+            decision,
+            o.reason,
+        );
+        self.inner.audit.emit(Record {
+            direction: Some(p.direction),
+            listener: Some(p.listener.clone()),
+            peer_id: Some(p.peer.to_string()),
+            peer_addr: Some(peer_addr),
+            decision: Some(if o.allowed {
+                AuditDecision::Allow
+            } else {
+                AuditDecision::Deny
+            }),
+            rule: o.route.map(|i| format!("route[{i}]")),
+            reason: Some(o.reason.to_owned()),
+            policy_version: Some(self.inner.metrics.policy_version()),
+            conn_id: Some(conn_id),
+            detail: o.detail.clone(),
+            method: Some(o.method.to_owned()),
+            path: Some(o.path.to_owned()),
+            user: o.user.map(str::to_owned),
+            ..Record::new(AuditEvent::Http)
         });
     }
 

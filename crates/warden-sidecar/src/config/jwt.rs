@@ -193,7 +193,8 @@ impl Validator<'_> {
             return Ok(JwksSource::File(path.clone()));
         }
         if let Some(url) = &j.jwks_url {
-            check_https_url(url).map_err(|p| self.e(k("jwks_url"), format!("{url:?}: {p}")))?;
+            crate::jwks::check_https_url(url)
+                .map_err(|p| self.e(k("jwks_url"), format!("{url:?}: {p}")))?;
             let ca = match &j.jwks_ca {
                 Some(ca) if !ca.as_os_str().is_empty() => ca.clone(),
                 _ => {
@@ -284,21 +285,6 @@ impl Validator<'_> {
         }
         Ok(algs)
     }
-}
-
-/// `https://host[:port][/path]`, nothing else (no user info, no fragment).
-pub(crate) fn check_https_url(url: &str) -> Result<hyper::Uri, String> {
-    let uri: hyper::Uri = url.parse().map_err(|_| "not a URL".to_owned())?;
-    if uri.scheme_str() != Some("https") {
-        return Err("must be an https:// URL (keys fetched in the clear could be replaced)".into());
-    }
-    let Some(authority) = uri.authority() else {
-        return Err("has no host".into());
-    };
-    if authority.as_str().contains('@') || authority.host().is_empty() {
-        return Err("must be https://host[:port]/path, without user info".into());
-    }
-    Ok(uri)
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use warden_policy::Pattern;
 
 use super::{
-    CaptureConfig, ConfigError, EgressConfig, InboundConfig, OutboundConfig, RawCapture, RawEgress,
-    RawInbound, RawOutbound, Validator,
+    AppProtocol, CaptureConfig, ConfigError, EgressConfig, ForwardClientCert, InboundConfig,
+    InboundProtocol, OutboundConfig, RawCapture, RawEgress, RawInbound, RawOutbound, Validator,
 };
 
 const LOOPBACK_ONLY: &str = "is not a loopback address: whoever reaches an outbound listener speaks with this workload's identity";
@@ -107,15 +107,100 @@ impl Validator<'_> {
                     ));
                 }
             };
+            let protocol = self.inbound_protocol(i, &l)?;
             inbound.push(InboundConfig {
                 listen,
                 port: l.port,
                 forward,
                 name: l.name,
                 allow,
+                protocol,
             });
         }
         Ok(inbound)
+    }
+
+    fn inbound_protocol(&self, i: usize, l: &RawInbound) -> Result<InboundProtocol, ConfigError> {
+        let k = |f: &str| format!("inbound[{i}].{f}");
+        let only = |key: &str, protocol: &str| {
+            self.e(
+                k(key),
+                format!("applies only to protocol = \"{protocol}\" listeners"),
+            )
+        };
+        match l.protocol.as_deref().unwrap_or("tcp") {
+            "tcp" => {
+                if l.forward_client_cert.is_some() {
+                    return Err(only("forward_client_cert", "http"));
+                }
+                if l.app_protocol.is_some() {
+                    return Err(only("app_protocol", "http"));
+                }
+                let proxy_protocol_tlv = match (l.proxy_protocol.as_deref(), l.proxy_protocol_tlv) {
+                    (None, None) => None,
+                    (None, Some(_)) => {
+                        return Err(
+                            self.e(k("proxy_protocol_tlv"), "needs proxy_protocol = \"v2\"")
+                        );
+                    }
+                    (Some("v2"), tlv) => {
+                        Some(match tlv {
+                            None => 0xE0,
+                            Some(t @ 0xE0..=0xEF) => t as u8,
+                            Some(t) => {
+                                return Err(self.e(
+                                k("proxy_protocol_tlv"),
+                                format!("{t:#x} is outside the custom TLV range 0xE0-0xEF of PROXY v2"),
+                            ));
+                            }
+                        })
+                    }
+                    (Some(other), _) => {
+                        return Err(self.e(
+                            k("proxy_protocol"),
+                            format!("{other:?}: only \"v2\" is supported"),
+                        ));
+                    }
+                };
+                Ok(InboundProtocol::Tcp { proxy_protocol_tlv })
+            }
+            "http" => {
+                if l.proxy_protocol.is_some() {
+                    return Err(only("proxy_protocol", "tcp"));
+                }
+                if l.proxy_protocol_tlv.is_some() {
+                    return Err(only("proxy_protocol_tlv", "tcp"));
+                }
+                let forward_client_cert = match l.forward_client_cert.as_deref() {
+                    None | Some("sanitize") => ForwardClientCert::Sanitize,
+                    Some("sanitize_set") => ForwardClientCert::SanitizeSet,
+                    Some(other) => {
+                        return Err(self.e(
+                            k("forward_client_cert"),
+                            format!("{other:?}: expected \"sanitize\" or \"sanitize_set\""),
+                        ));
+                    }
+                };
+                let app_protocol = match l.app_protocol.as_deref() {
+                    None | Some("http1") => AppProtocol::Http1,
+                    Some("h2c") => AppProtocol::H2c,
+                    Some(other) => {
+                        return Err(self.e(
+                            k("app_protocol"),
+                            format!("{other:?}: expected \"http1\" or \"h2c\""),
+                        ));
+                    }
+                };
+                Ok(InboundProtocol::Http {
+                    forward_client_cert,
+                    app_protocol,
+                })
+            }
+            other => Err(self.e(
+                k("protocol"),
+                format!("{other:?}: expected \"tcp\" or \"http\""),
+            )),
+        }
     }
 
     pub(super) fn outbound(

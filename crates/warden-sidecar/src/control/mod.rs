@@ -48,7 +48,7 @@ pub enum CacheLoad {
     /// No cache file yet.
     Missing,
     /// A cache written for this workload.
-    Usable(PolicySnapshot),
+    Usable(Box<PolicySnapshot>),
     /// A cache written for another workload (a reused cache path): never enforced, since
     /// its allowlist is someone else's.
     Foreign { written_for: SpiffeId },
@@ -76,10 +76,10 @@ pub fn load_cache(path: &Path, me: &SpiffeId) -> CacheLoad {
             written_for: p.spiffe_id.clone(),
         };
     }
-    CacheLoad::Usable(
+    CacheLoad::Usable(Box::new(
         PolicySnapshot::compile(cache.policy.as_ref(), PolicySource::Cache)
             .with_version(cache.version),
-    )
+    ))
 }
 
 /// Puts the cache written for `me` in force, unless the control plane has already spoken.
@@ -93,7 +93,7 @@ pub(crate) fn enforce_cache(shared: &Shared, path: &Path, me: &SpiffeId) {
         CacheLoad::Missing => {}
         CacheLoad::Usable(cached) => {
             tracing::info!(path = %path.display(), version = cached.version(), "enforcing the cached policy until the control plane answers");
-            shared.apply_policy(cached, PolicyOutcome::Applied);
+            shared.apply_policy(*cached, PolicyOutcome::Applied);
         }
         CacheLoad::Foreign { written_for } => {
             let why = format!(
