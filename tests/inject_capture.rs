@@ -428,6 +428,18 @@ fn a_pod_with_its_own_config_map_is_told_which_app_probes_its_toml_needs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // warden-init may have an image of its own (warden plus iptables).
+    let out = run(&input, &["--init-image", "example.com/warden-init:1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let doc = &k8s_typed::documents(&text).expect("yaml")[0];
+    let spec = &doc["spec"]["template"]["spec"];
+    let image =
+        |name: &str| container(spec, "initContainers", name).map(|(_, c)| c["image"].clone());
+    assert_eq!(
+        image("warden-init"),
+        Some(Value::from("example.com/warden-init:1"))
+    );
+    assert_eq!(image("warden"), Some(Value::from(IMAGE)));
 }
 
 const POD: &str = "\

@@ -53,7 +53,10 @@ pub(super) fn init_container(opts: &Options, s: &Settings, c: &Capture) -> Value
     }
     map([
         ("name", INIT_CONTAINER_NAME.into()),
-        ("image", opts.image.as_str().into()),
+        (
+            "image",
+            opts.init_image.as_deref().unwrap_or(&opts.image).into(),
+        ),
         ("imagePullPolicy", "IfNotPresent".into()),
         ("args", Value::Sequence(args)),
         (

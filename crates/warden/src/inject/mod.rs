@@ -38,9 +38,13 @@ pub struct Args {
         conflicts_with = "serve"
     )]
     file: Option<PathBuf>,
-    /// The image of the injected `warden` and `warden-init` containers.
+    /// The image of the injected `warden` container (and of `warden-init`, unless
+    /// --init-image is given).
     #[arg(long, value_name = "IMAGE", default_value = DEFAULT_IMAGE)]
     image: String,
+    /// The image of the `warden-init` container: `warden` plus iptables (default: --image).
+    #[arg(long, value_name = "IMAGE")]
+    init_image: Option<String>,
     /// Trust domain of the generated sidecar config (capture mode without
     /// warden.dev/config-map).
     #[arg(long, value_name = "TD")]
@@ -83,6 +87,8 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/warden-mesh/warden:", env!("CAR
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub image: String,
+    /// `warden-init`'s image; `None`: [`Options::image`].
+    pub init_image: Option<String>,
     /// For a generated sidecar config; checked by [`Options::from_args`].
     pub trust_domain: Option<String>,
     pub control_plane: Option<String>,
@@ -95,6 +101,7 @@ impl Options {
     fn from_args(args: &Args) -> anyhow::Result<Self> {
         let opts = Self {
             image: args.image.clone(),
+            init_image: args.init_image.clone(),
             trust_domain: args.trust_domain.clone(),
             control_plane: args.control_plane.clone(),
             control_plane_id: args.control_plane_id.clone(),
