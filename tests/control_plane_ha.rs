@@ -511,7 +511,8 @@ async fn an_unreachable_or_mistrusted_etcd_is_a_clear_start_up_error() {
         );
     let err = start_up_failure(&ca, &wrong_client).await;
     assert!(
-        err.contains(&format!("policy store etcd ({})", cluster.endpoint(0))),
+        err.contains(&format!("policy store etcd ({})", cluster.endpoint(0)))
+            && err.contains("client certificate"),
         "{err}"
     );
     eprintln!("wrong client certificate: {err}");

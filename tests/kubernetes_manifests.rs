@@ -155,7 +155,8 @@ fn embedded_warden_configs_parse_with_wardens_own_parsers() -> anyhow::Result<()
             }
         }
     }
-    assert_eq!((sidecars, control_planes, policies), (4, 1, 1));
+    // Control planes: base (embedded store) and ha (etcd).
+    assert_eq!((sidecars, control_planes, policies), (4, 2, 1));
     Ok(())
 }
 
@@ -585,5 +586,105 @@ fn the_injection_webhook_is_wired_to_its_service_certificate_and_namespaces() ->
         object(&m, "Namespace", "", ns)["metadata"]["labels"]["warden.dev/inject"].is_null(),
         "the webhook's own namespace must not be injected"
     );
+    Ok(())
+}
+
+/// The HA variant (`deploy/kubernetes/ha`): 3 replicas, at most one down at a time, never
+/// two on one node, all on the same etcd store with client TLS from a Secret that is
+/// mounted where the config reads it.
+#[test]
+fn the_ha_control_plane_runs_three_spread_replicas_on_etcd_with_client_tls() -> anyhow::Result<()> {
+    let m = load();
+    let in_ha = |f: &Path| f.components().any(|c| c.as_os_str() == "ha");
+    let find = |kind: &str| {
+        m.objects
+            .iter()
+            .find(|(f, d)| in_ha(f) && d["kind"] == kind)
+            .map(|(_, d)| d)
+            .with_context(|| format!("no {kind} in deploy/kubernetes/ha"))
+    };
+    let deployment = find("Deployment")?;
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"].as_u64(), Some(3));
+    let labels = &spec["template"]["metadata"]["labels"];
+    let name = labels["app.kubernetes.io/name"]
+        .as_str()
+        .context("pod label")?;
+    let [term] = spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+        ["requiredDuringSchedulingIgnoredDuringExecution"]
+        .as_sequence()
+        .context("required pod anti-affinity")?
+        .as_slice()
+    else {
+        panic!("expected one anti-affinity term");
+    };
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        term["labelSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        name
+    );
+    let pdb = find("PodDisruptionBudget")?;
+    assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(2));
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        name
+    );
+    let service = find("Service")?;
+    assert_eq!(service["spec"]["selector"]["app.kubernetes.io/name"], name);
+
+    // The config the pods mount is an etcd store whose TLS files are in the mounted Secret.
+    let pod = &spec["template"]["spec"];
+    let volumes = pod["volumes"].as_sequence().context("volumes")?;
+    let volume = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .with_context(|| format!("volume {name}"))
+    };
+    let [container] = pod["containers"]
+        .as_sequence()
+        .context("containers")?
+        .as_slice()
+    else {
+        panic!("expected one container");
+    };
+    let mount_of = |volume: &str| {
+        container["volumeMounts"]
+            .as_sequence()
+            .and_then(|ms| ms.iter().find(|m| m["name"] == volume))
+            .and_then(|m| m["mountPath"].as_str())
+            .with_context(|| format!("mount of {volume}"))
+    };
+    let config_map = volume("config")?["configMap"]["name"]
+        .as_str()
+        .context("config ConfigMap")?;
+    let maps = config_maps(&m);
+    let text = maps
+        .get(&("warden-system".to_owned(), config_map.to_owned()))
+        .and_then(|d| d.get("control-plane.toml"))
+        .context("the HA control-plane.toml")?;
+    let config = ControlPlaneConfig::from_toml("control-plane.toml", text)?;
+    let warden_control::config::StoreConfig::Etcd(etcd) = &config.store else {
+        panic!("the HA control plane is not on etcd: {:?}", config.store);
+    };
+    assert!(etcd.endpoints.len() >= 3, "{:?}", etcd.endpoints);
+    let secret = volume("etcd-client")?;
+    assert_eq!(secret["secret"]["secretName"], "warden-etcd-client");
+    let secret_dir = Path::new(mount_of("etcd-client")?);
+    let (cert, key) = etcd.client.as_ref().context("a client certificate")?;
+    for file in [&etcd.ca, cert, key] {
+        assert_eq!(
+            file.parent(),
+            Some(secret_dir),
+            "{} is not in the Secret",
+            file.display()
+        );
+    }
+    // Nothing durable on the pod: every replica is interchangeable.
+    assert!(
+        volume("data")?["emptyDir"].is_mapping(),
+        "data_dir should be an emptyDir"
+    );
+    assert_eq!(Path::new(mount_of("data")?), config.data_dir);
     Ok(())
 }

@@ -47,7 +47,7 @@ pub enum EtcdError {
     Unreachable { endpoint: String, detail: String },
     #[error("{endpoint}: {detail}")]
     Refused { endpoint: String, detail: String },
-    #[error("no member answered within {budget:?} (last: {last})")]
+    #[error("no member answered within {budget:?} (is a quorum of the etcd cluster up?): {last}")]
     NoMember { budget: Duration, last: String },
     #[error("{0}")]
     Protocol(String),
@@ -149,6 +149,20 @@ fn status_text(status: &tonic::Status) -> String {
         text.push_str(&error_chain(source));
     }
     text
+}
+
+/// With TLS 1.3 a server refuses a client certificate only after the handshake has
+/// completed on the client's side: the first call then fails with a closed connection.
+fn with_hint(detail: String) -> String {
+    if detail.contains("connection closed") || detail.contains("operation was canceled") {
+        format!(
+            "{detail} (the member closed the connection right after the TLS handshake: does it \
+             accept the client certificate in store.cert, signed by a CA in its \
+             --trusted-ca-file?)"
+        )
+    } else {
+        detail
+    }
 }
 
 /// A request with `hasleader: true`.
@@ -261,13 +275,15 @@ impl Etcd {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + OPERATION_BUDGET;
-        let mut last = String::from("no attempt");
+        // The last failure of each member, in member order, for the error.
+        let mut last: Vec<Option<String>> = vec![None; self.members.len()];
         let mut failures = 0usize;
         while tokio::time::Instant::now() < deadline {
             let (i, channel) = match self.channel().await {
                 Ok(c) => c,
                 Err(e) => {
-                    last = e.to_string();
+                    let i = self.next.load(Ordering::Relaxed).wrapping_sub(1) % self.members.len();
+                    last[i] = Some(e.to_string());
                     failures += 1;
                     self.pause(failures).await;
                     continue;
@@ -281,8 +297,12 @@ impl Etcd {
                         detail: status_text(&status),
                     });
                 }
-                Ok(Err(status)) => last = format!("{}: {}", self.urls[i], status_text(&status)),
-                Err(_) => last = format!("{}: no answer within {CALL_TIMEOUT:?}", self.urls[i]),
+                Ok(Err(status)) => {
+                    last[i] = Some(format!("{}: {}", self.urls[i], status_text(&status)))
+                }
+                Err(_) => {
+                    last[i] = Some(format!("{}: no answer within {CALL_TIMEOUT:?}", self.urls[i]))
+                }
             }
             self.drop_channel(i).await;
             failures += 1;
@@ -290,7 +310,7 @@ impl Etcd {
         }
         Err(EtcdError::NoMember {
             budget: OPERATION_BUDGET,
-            last,
+            last: last.into_iter().flatten().collect::<Vec<_>>().join("; "),
         })
     }
 
@@ -322,7 +342,7 @@ impl Etcd {
                 })?
                 .map_err(|s| EtcdError::Refused {
                     endpoint: self.urls[i].clone(),
-                    detail: status_text(&s),
+                    detail: with_hint(status_text(&s)),
                 })?;
                 Ok::<_, EtcdError>((channel, resp.into_inner()))
             };
