@@ -481,6 +481,7 @@ async fn an_unreachable_or_mistrusted_etcd_is_a_clear_start_up_error() {
     // Nothing listens there.
     let nobody = format!("https://127.0.0.1:{}", free_port().port());
     let err = start_up_failure(&ca, &good.replace(&cluster.endpoint(0), &nobody)).await;
+    eprintln!("nothing listening: {err}");
     assert!(
         err.contains(&format!("policy store etcd ({nobody})")) && err.contains("refused"),
         "{err}"
@@ -493,6 +494,7 @@ async fn an_unreachable_or_mistrusted_etcd_is_a_clear_start_up_error() {
         &other.ca.display().to_string(),
     );
     let err = start_up_failure(&ca, &wrong_ca).await;
+    eprintln!("wrong CA: {err}");
     assert!(
         err.contains(&format!("policy store etcd ({})", cluster.endpoint(0)))
             && err.contains("certificate"),

@@ -460,7 +460,13 @@ impl PolicyStore for EtcdStore {
             prefix: self.prefix.clone(),
         };
         tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
+            // Ends when the reader is gone (then `events` is dropped, which ends the watch).
+            loop {
+                let event = tokio::select! {
+                    e = events.recv() => e,
+                    _ = tx.closed() => return,
+                };
+                let Some(event) = event else { return };
                 let change = match event {
                     Ok(WatchEvent::Put {
                         key,
