@@ -65,6 +65,8 @@ pub enum StartError {
     Audit(#[from] audit::AuditError),
     #[error("data-plane worker: {0}")]
     Worker(String),
+    #[error(transparent)]
+    Jwks(#[from] jwks::JwksStartError),
 }
 
 /// A running sidecar. Dropping it stops the listeners; call [`Sidecar::shutdown`] to drain.
@@ -150,7 +152,13 @@ impl Sidecar {
             c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             Arc::new(c)
         };
-        let tokens: Arc<dyn l7::Tokens> = Arc::new(l7::NoTokens);
+        let jwt =
+            Arc::new(jwks::Jwt::start(&config.jwt, &config.identity, &shared.telemetry).await?);
+        let tokens: Arc<dyn l7::Tokens> = if config.jwt.is_empty() {
+            Arc::new(l7::NoTokens)
+        } else {
+            jwt.clone()
+        };
         let mut inbound_addrs = Vec::new();
         // Captured inbound connections, by the app port they were for.
         let mut by_port = std::collections::HashMap::new();

@@ -21,6 +21,12 @@ pub(crate) trait Tokens: Send + Sync {
     fn validate(&self, issuer: &str, token: &str) -> Result<warden_jwt::Claims, &'static str>;
 }
 
+impl Tokens for crate::jwks::Jwt {
+    fn validate(&self, issuer: &str, token: &str) -> Result<warden_jwt::Claims, &'static str> {
+        crate::jwks::Jwt::validate(self, issuer, token).map_err(|e| e.as_label())
+    }
+}
+
 /// No `[[jwt]]` configured: every token is refused.
 pub(crate) struct NoTokens;
 
