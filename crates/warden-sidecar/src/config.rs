@@ -407,7 +407,9 @@ impl Validator<'_> {
         let inbound = self.inbound(raw.inbound, &capture)?;
         let outbound = self.outbound(raw.outbound, &capture)?;
         let egress = self.egress(raw.egress, &capture)?;
-        if inbound.is_empty() && outbound.is_empty() {
+        // Under capture a pod with nothing to serve and nothing to call is still
+        // meaningful: every redirected connection is refused (or passes as egress).
+        if inbound.is_empty() && outbound.is_empty() && capture == CaptureConfig::default() {
             return Err(self.e(
                 "inbound",
                 "no [[inbound]] or [[outbound]] listener is configured",

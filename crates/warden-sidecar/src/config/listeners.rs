@@ -383,6 +383,15 @@ mod tests {
     }
 
     #[test]
+    fn capture_alone_is_a_valid_config() {
+        let c = parse("[capture]\ninbound = \"0.0.0.0:15006\"\noutbound = \"127.0.0.1:15001\"\n")
+            .expect("a pod that serves and calls nothing, but is captured");
+        assert!(c.inbound.is_empty() && c.outbound.is_empty());
+        let e = parse("").expect_err("nothing at all");
+        assert_eq!(e.key, "inbound", "{e}");
+    }
+
+    #[test]
     fn capture_mistakes_name_their_key() {
         let cap = "[capture]\ninbound = \"0.0.0.0:15006\"\noutbound = \"127.0.0.1:15001\"\n";
         let cases = [
