@@ -6,10 +6,14 @@
 //! - a `jwks_url` on a tiny HTTPS server with a test CA: an unknown `kid` causes one
 //!   refetch (not one per token); a server that fails (500, garbage, gone) leaves the last
 //!   good keys in force; TLS 1.2-only servers are reached too;
+//! - `spiffe = true`: JWT-SVIDs minted by the built-in CA's Workload API validate with the
+//!   JWT bundles from the same API's `FetchJWTBundles` stream;
 //! - every load is counted in `warden_jwks_reloads_total{issuer,result}`.
 //!
 //! Nothing here waits for a fixed time: each step awaits the registry's reload status or
 //! the test server's request count.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -91,8 +95,12 @@ async fn wait_status(
 }
 
 fn reloads_metric(telemetry: &Telemetry, result: &str) -> u64 {
+    reloads_metric_of(telemetry, "corp-idp", result)
+}
+
+fn reloads_metric_of(telemetry: &Telemetry, issuer: &str, result: &str) -> u64 {
     let text = telemetry.metrics().encode().expect("metrics");
-    let prefix = format!("warden_jwks_reloads_total{{issuer=\"corp-idp\",result=\"{result}\"}} ");
+    let prefix = format!("warden_jwks_reloads_total{{issuer=\"{issuer}\",result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map_or(0, |v| v.trim().parse().expect("count"))
@@ -427,4 +435,100 @@ async fn a_jwks_url_with_an_untrusted_certificate_loads_nothing() {
         .await
         .expect_err("unreadable CA");
     assert!(matches!(e, JwksStartError::Ca { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_svids_of_the_built_in_ca_validate_with_spiffe_keys() {
+    use common::workload_api::{TestCa, endpoint, raw_client, registration, serve, with_header};
+    use warden_proto::workload::JwtsvidRequest;
+
+    let t = TestCa::new();
+    let sock = t.socket("app");
+    let _api = serve(
+        &t.ca,
+        vec![registration(&sock, "/ns/rag/sa/app", None)],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let config = JwtConfig {
+        name: "mesh".into(),
+        validator: ValidatorConfig::jwt_svid(vec![
+            "spiffe://example.org/ns/rag/sa/retriever".into(),
+        ]),
+        keys: JwksSource::Spiffe,
+    };
+    let identity = IdentityConfig::WorkloadApi {
+        endpoint: Some(endpoint(&sock)),
+        spiffe_id: None,
+    };
+    let telemetry = Telemetry::default();
+    let jwt = Jwt::start(&[config], &identity, &telemetry)
+        .await
+        .expect("start");
+    let mut status = jwt.reloads("mesh").expect("issuer");
+    wait_status(&mut status, "the JWT bundles", |s| s.ok >= 1).await;
+    assert_eq!(jwt.kids("mesh").len(), 1, "{:?}", jwt.kids("mesh"));
+
+    // The calling workload asks its Workload API for a JWT-SVID for the retriever.
+    let mut client = raw_client(&sock).await;
+    let fetch = |audience: &str| {
+        with_header(JwtsvidRequest {
+            audience: vec![audience.to_owned()],
+            spiffe_id: String::new(),
+        })
+    };
+    let svid = client
+        .fetch_jwtsvid(fetch("spiffe://example.org/ns/rag/sa/retriever"))
+        .await
+        .expect("JWT-SVID")
+        .into_inner()
+        .svids
+        .remove(0);
+    let claims = jwt.validate("mesh", &svid.svid).expect("valid JWT-SVID");
+    assert_eq!(
+        claims.sub.as_deref(),
+        Some("spiffe://example.org/ns/rag/sa/app")
+    );
+    assert!(claims.iss.is_empty(), "JWT-SVIDs carry no fixed issuer");
+
+    // One for someone else is refused here.
+    let other = client
+        .fetch_jwtsvid(fetch("spiffe://example.org/ns/rag/sa/other"))
+        .await
+        .expect("JWT-SVID")
+        .into_inner()
+        .svids
+        .remove(0);
+    assert_eq!(
+        jwt.validate("mesh", &other.svid),
+        Err(JwtError::WrongAudience)
+    );
+
+    // A JWT-SVID signed by another trust domain's CA has no bundle here.
+    let foreign = TestCa::new_in_domain("partner.org");
+    let foreign_sock = foreign.socket("x");
+    let _foreign_api = serve(
+        &foreign.ca,
+        vec![warden_control::WorkloadRegistration {
+            socket: foreign_sock.clone(),
+            spiffe_id: warden_identity::SpiffeId::parse("spiffe://partner.org/ns/x").expect("id"),
+            uid: None,
+        }],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let mut foreign_client = raw_client(&foreign_sock).await;
+    let foreign_svid = foreign_client
+        .fetch_jwtsvid(fetch("spiffe://example.org/ns/rag/sa/retriever"))
+        .await
+        .expect("JWT-SVID")
+        .into_inner()
+        .svids
+        .remove(0);
+    assert_eq!(
+        jwt.validate("mesh", &foreign_svid.svid)
+            .map_err(|e| e.as_label()),
+        Err("unknown_trust_domain")
+    );
+    assert_eq!(reloads_metric_of(&telemetry, "mesh", "ok"), 1);
 }

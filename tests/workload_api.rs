@@ -1,6 +1,6 @@
 //! The built-in CA's SPIFFE Workload API, spoken to by the `spiffe` crate (a real client, picky
 //! about responses) and by the generated tonic client for the calls a well-behaved client never
-//! makes (no security header, wrong uid, JWT).
+//! makes (no security header, wrong uid) and for the JWT-SVID calls.
 
 mod common;
 
@@ -227,30 +227,112 @@ async fn callers_are_selected_by_uid_and_others_get_permission_denied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jwt_calls_are_unimplemented() {
+async fn jwt_svids_are_signed_for_the_callers_identities_and_validate() {
     let t = TestCa::new();
     let sock = t.socket("w");
-    let _api = serve(&t.ca, vec![registration(&sock, "/w", None)], HOUR).await;
+    let stranger = my_uid().wrapping_add(1);
+    let _api = serve(
+        &t.ca,
+        vec![
+            registration(&sock, "/w", None),
+            registration(&sock, "/not-mine", Some(stranger)),
+            registration(&sock, "/second", None),
+        ],
+        HOUR,
+    )
+    .await;
     let mut client = raw_client(&sock).await;
-    let request = JwtsvidRequest {
-        audience: vec!["x".into()],
-        spiffe_id: String::new(),
+    let fetch = |audience: &[&str], spiffe_id: &str| {
+        with_header(JwtsvidRequest {
+            audience: audience.iter().map(|a| a.to_string()).collect(),
+            spiffe_id: spiffe_id.into(),
+        })
     };
     let status = client
-        .fetch_jwtsvid(with_header(request))
+        .fetch_jwtsvid(fetch(&[], ""))
         .await
-        .expect_err("JWT");
-    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        .expect_err("no audience");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let status = client
+        .fetch_jwtsvid(fetch(&["rag"], &id("/not-mine")))
+        .await
+        .expect_err("another uid's identity");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Without a spiffe_id: one per identity the caller may have, the default first.
+    let all = client
+        .fetch_jwtsvid(fetch(&["rag"], ""))
+        .await
+        .expect("JWT-SVIDs")
+        .into_inner();
+    let ids: Vec<&str> = all.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+    assert_eq!(ids, [id("/w"), id("/second")]);
+    let second = client
+        .fetch_jwtsvid(fetch(&["rag", "audit"], &id("/second")))
+        .await
+        .expect("named identity")
+        .into_inner();
+    assert_eq!(second.svids.len(), 1);
+
+    // The trust domain's JWT bundle verifies them, by the rules a sidecar uses.
+    let mut bundles = client
         .fetch_jwt_bundles(with_header(JwtBundlesRequest {}))
         .await
-        .expect_err("JWT");
-    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-    let status = client
-        .validate_jwtsvid(with_header(ValidateJwtsvidRequest::default()))
+        .expect("stream")
+        .into_inner();
+    let first = bundles.message().await.expect("message").expect("first");
+    let td = TrustDomain::new(TD).expect("td");
+    assert_eq!(first.bundles.keys().collect::<Vec<_>>(), [&td.id_string()]);
+    let keys = warden_jwt::Jwks::from_spiffe_bundle(&first.bundles[&td.id_string()]).expect("JWKS");
+    let mut set = warden_jwt::JwtBundles::new();
+    set.insert(td, keys);
+    let validator =
+        warden_jwt::Validator::new(warden_jwt::ValidatorConfig::jwt_svid(vec!["audit".into()]));
+    let claims = validator
+        .validate_jwt_svid(&second.svids[0].svid, &set, std::time::SystemTime::now())
+        .expect("valid JWT-SVID");
+    assert_eq!(claims.sub.as_deref(), Some(id("/second").as_str()));
+    assert_eq!(claims.aud, ["rag", "audit"]);
+    assert!(claims.exp > claims.get("iat").and_then(|v| v.as_u64()).expect("iat"));
+
+    // ValidateJWTSVID says the same.
+    let token = all.svids[0].svid.clone();
+    let ok = client
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: "rag".into(),
+            svid: token.clone(),
+        }))
         .await
-        .expect_err("JWT");
-    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        .expect("valid")
+        .into_inner();
+    assert_eq!(ok.spiffe_id, id("/w"));
+    let claims = ok.claims.expect("claims");
+    assert!(claims.fields.contains_key("aud") && claims.fields.contains_key("exp"));
+    for (audience, svid, what) in [
+        ("other", token.as_str(), "wrong audience"),
+        ("rag", "not.a.token", "garbage"),
+        ("rag", "", "empty"),
+        ("", token.as_str(), "no audience"),
+    ] {
+        let status = client
+            .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+                audience: audience.into(),
+                svid: svid.into(),
+            }))
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+    let mut tampered = token.clone();
+    tampered.insert(token.len() / 2, 'A');
+    let status = client
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: "rag".into(),
+            svid: tampered,
+        }))
+        .await
+        .expect_err("tampered");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,8 @@
 //!
 //! - a raw HTTP/2 client, frame by frame, sends both forms (and a dynamic-table reference to
 //!   one of them) and gets an SVID on each stream;
-//! - py-spiffe from PyPI, with default options, fetches an SVID and its bundle.
+//! - py-spiffe from PyPI, with default options, fetches an SVID and its bundle, and a
+//!   JWT-SVID, which it verifies with the JWT bundle and has the Workload API validate.
 //!   It runs from the virtualenv `.ci/run` makes (`tests/.venv`); elsewhere the test skips
 //!   with the reason, unless `WARDEN_REQUIRE_INTEROP=1` (set by `.ci/run`) makes that a failure.
 
@@ -168,4 +169,98 @@ async fn py_spiffe_with_default_options_gets_an_svid() {
     assert_eq!(lines.next(), Some(id("/ns/rag/sa/retriever").as_str()));
     assert_eq!(lines.next(), Some("1"), "one certificate in the chain");
     assert_eq!(lines.next(), Some("1"), "the bundle of the trust domain");
+}
+
+const PY_JWT_CLIENT: &str = r#"
+import sys
+from spiffe import WorkloadApiClient, JwtSvid
+with WorkloadApiClient(socket_path=sys.argv[1]) as client:
+    svid = client.fetch_jwt_svid(audience={"rag-retriever"}, timeout=10)
+    print(svid.spiffe_id)
+    bundles = client.fetch_jwt_bundles(timeout=10)
+    bundle = bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+    # Verified locally with the JWT bundle (PyJWT and cryptography underneath) ...
+    local = JwtSvid.parse_and_validate(svid.token, bundle, {"rag-retriever"})
+    print(local.spiffe_id)
+    # ... and by the Workload API.
+    remote = client.validate_jwt_svid(svid.token, "rag-retriever", timeout=10)
+    print(remote.spiffe_id)
+    try:
+        client.validate_jwt_svid(svid.token, "someone-else", timeout=10)
+        print("wrong audience accepted")
+    except Exception:
+        print("wrong audience refused")
+    print(svid.token)
+"#;
+
+/// py-spiffe fetches a JWT-SVID and the JWT bundle, verifies the token with the bundle
+/// itself, and has the Workload API validate it; the token also validates at a sidecar's
+/// `warden_jwt` validator, by the JWT bundle the same API serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn py_spiffe_fetches_and_validates_jwt_svids() {
+    let python = match python_with_spiffe() {
+        Ok(p) => p,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let t = TestCa::new();
+    let sock = t.socket("python-jwt");
+    let _api = serve(
+        &t.ca,
+        vec![registration(&sock, "/ns/rag/sa/app", Some(my_uid()))],
+        HOUR,
+    )
+    .await;
+    let endpoint = format!("unix://{}", sock.display());
+    let run = tokio::process::Command::new(&python)
+        .args(["-c", PY_JWT_CLIENT, &endpoint])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("py-spiffe answered in time")
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "py-spiffe failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let app = id("/ns/rag/sa/app");
+    assert_eq!(
+        lines.get(..4),
+        Some(
+            &[
+                app.as_str(),
+                app.as_str(),
+                app.as_str(),
+                "wrong audience refused"
+            ][..]
+        ),
+        "{stdout}"
+    );
+    let token = lines.get(4).expect("token");
+    // The same token at the sidecar's validator, with the bundle from FetchJWTBundles.
+    let mut client = common::workload_api::raw_client(&sock).await;
+    let mut stream = client
+        .fetch_jwt_bundles(common::workload_api::with_header(
+            warden_proto::workload::JwtBundlesRequest {},
+        ))
+        .await
+        .expect("bundles")
+        .into_inner();
+    let msg = stream.message().await.expect("message").expect("first");
+    let mut bundles = warden_jwt::JwtBundles::new();
+    for (td, jwks) in msg.bundles {
+        bundles.insert(
+            warden_identity::TrustDomain::new(&td).expect("td"),
+            warden_jwt::Jwks::from_spiffe_bundle(&jwks).expect("JWKS"),
+        );
+    }
+    let claims = warden_jwt::Validator::new(warden_jwt::ValidatorConfig::jwt_svid(vec![
+        "rag-retriever".into(),
+    ]))
+    .validate_jwt_svid(token, &bundles, std::time::SystemTime::now())
+    .expect("valid at the sidecar too");
+    assert_eq!(claims.sub.as_deref(), Some(app.as_str()));
 }

@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 use warden_control::WorkloadRegistration;
-use warden_control::ca::{BuiltinCa, IssuedSvid};
+use warden_control::ca::{BuiltinCa, IssuedSvid, JwtAuthority};
 use warden_control::workload_api::{WorkloadApiHandle, serve_workload_api};
 use warden_identity::{SpiffeId, TrustDomain};
 use warden_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -91,9 +91,20 @@ pub async fn serve_with_idle_timeout(
     ttl: Duration,
     idle: Duration,
 ) -> WorkloadApiHandle {
-    serve_workload_api(ca.clone(), registrations, ttl, idle, std::future::pending())
-        .await
-        .expect("Workload API starts")
+    // A control plane keeps its JWT key in data_dir; here a fresh one will do (the key
+    // lives in memory once loaded, so its directory can go at once).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwt = JwtAuthority::load_or_create(dir.path(), ca.trust_domain()).expect("JWT key");
+    serve_workload_api(
+        ca.clone(),
+        Arc::new(jwt),
+        registrations,
+        ttl,
+        idle,
+        std::future::pending(),
+    )
+    .await
+    .expect("Workload API starts")
 }
 
 /// The `unix:///abs/path` form clients take.

@@ -121,10 +121,12 @@ impl TrustBundles {
 
 mod admin;
 mod files;
+mod jwt;
 
 pub use admin::AdminCredentialStatus;
 pub use files::write_private;
 use files::{create_private_dir, sync_dir};
+pub use jwt::{JWT_DIR, JwtAuthority, JwtSvid};
 
 /// An SVID fresh from the CA. `Debug` omits the key.
 pub struct IssuedSvid {

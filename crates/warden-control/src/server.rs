@@ -96,8 +96,13 @@ impl ControlPlane {
                 tracing::info!(admin = %admin, ?status, dir = %config.data_dir.join(crate::ca::ADMIN_DIR).display(), "admin credential for the CLI");
             }
             if !config.workload_api.is_empty() {
+                // JWT-SVIDs are signed with a key of this replica's data_dir.
+                let jwt =
+                    crate::ca::JwtAuthority::load_or_create(&config.data_dir, &config.trust_domain)
+                        .map_err(|e| StartError::Ca(e.to_string()))?;
                 let handle = crate::workload_api::serve_workload_api(
                     ca.clone(),
+                    Arc::new(jwt),
                     config.workload_api.clone(),
                     config.ca.svid_ttl,
                     config.limits.idle_timeout,

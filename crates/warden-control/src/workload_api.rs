@@ -9,8 +9,13 @@
 //!
 //! It must never answer a call without the `workload.spiffe.io: true` header (the spec's
 //! defence against browsers and SSRF), never hand a registration to a caller whose uid it does
-//! not match, never replace a file that is not a stale socket, and never log key material.
-//! JWT-SVIDs are not implemented: those calls answer `UNIMPLEMENTED`.
+//! not match, never replace a file that is not a stale socket, and never log key material
+//! or tokens.
+//!
+//! JWT-SVIDs (`jwt.rs`): `FetchJWTSVID` signs one per identity the caller may have (or the
+//! one it names) for the audiences it asks for, with the CA's JWT key; `FetchJWTBundles`
+//! streams the trust domain's JWT bundle; `ValidateJWTSVID` checks a token by the rules a
+//! sidecar's `spiffe = true` issuer uses.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -37,10 +42,12 @@ use warden_proto::workload::{
     X509svidResponse,
 };
 
-use crate::ca::{BuiltinCa, CaError, IssuedSvid, TrustBundles};
+use crate::ca::{BuiltinCa, CaError, IssuedSvid, JwtAuthority, TrustBundles};
 use crate::config::WorkloadRegistration;
 use crate::grpc_limits::{ConnInfo, GuardLayer, IdleClose, LogBudget, MethodLimits};
 use crate::h2_authority::AuthorityFix;
+
+mod jwt;
 
 /// The largest request message: every Workload API request is a handful of short strings.
 const MAX_REQUEST_MESSAGE: usize = 64 * 1024;
@@ -150,9 +157,11 @@ fn remove_if_ours(path: &Path, ino: u64) {
 }
 
 /// Binds one socket per distinct registration path, issues every registered SVID, and serves
-/// until `shutdown` completes or the handle is shut down or dropped.
+/// until `shutdown` completes or the handle is shut down or dropped. JWT-SVIDs are signed by
+/// `jwt` and live as long as X509-SVIDs (`svid_ttl`).
 pub async fn serve_workload_api(
     ca: Arc<BuiltinCa>,
+    jwt: Arc<JwtAuthority>,
     registrations: Vec<WorkloadRegistration>,
     svid_ttl: Duration,
     idle_timeout: Duration,
@@ -199,6 +208,8 @@ pub async fn serve_workload_api(
         ));
         let api = WorkloadApi {
             ca: ca.clone(),
+            jwt: jwt.clone(),
+            svid_ttl,
             state,
             stop: handle.stop.subscribe(),
         };
@@ -452,6 +463,8 @@ fn bundles_response(trust: &TrustBundles) -> X509BundlesResponse {
 
 struct WorkloadApi {
     ca: Arc<BuiltinCa>,
+    jwt: Arc<JwtAuthority>,
+    svid_ttl: Duration,
     state: Arc<SocketState>,
     stop: watch::Receiver<bool>,
 }
@@ -532,8 +545,6 @@ fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
     }
 }
 
-const JWT_UNSUPPORTED: &str = "JWT-SVIDs are not supported by Warden's built-in CA";
-
 #[tonic::async_trait]
 impl SpiffeWorkloadApi for WorkloadApi {
     type FetchX509SVIDStream = Stream<X509svidResponse>;
@@ -564,24 +575,25 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        check_header(&request)?;
-        Err(Status::unimplemented(JWT_UNSUPPORTED))
+        self.fetch_jwt(request)
     }
 
     async fn fetch_jwt_bundles(
         &self,
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        check_header(&request)?;
-        Err(Status::unimplemented(JWT_UNSUPPORTED))
+        self.authorize(&request)?;
+        let authority = self.jwt.clone();
+        Ok(Response::new(self.stream(move |_, trust| {
+            jwt::bundles_response(&authority, trust)
+        })))
     }
 
     async fn validate_jwtsvid(
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        check_header(&request)?;
-        Err(Status::unimplemented(JWT_UNSUPPORTED))
+        self.validate_jwt(request)
     }
 }
 
