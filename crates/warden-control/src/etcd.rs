@@ -154,9 +154,14 @@ fn status_text(status: &tonic::Status) -> String {
 /// With TLS 1.3 a server refuses a client certificate only after the handshake has
 /// completed on the client's side: the first call then fails with a closed connection.
 fn with_hint(detail: String) -> String {
-    if detail.contains("connection closed") || detail.contains("operation was canceled") {
+    let refused = [
+        "connection closed",
+        "operation was canceled",
+        "received fatal alert",
+    ];
+    if refused.iter().any(|r| detail.contains(r)) {
         format!(
-            "{detail} (the member closed the connection right after the TLS handshake: does it \
+            "{detail} (the member ended the connection right after the TLS handshake: does it \
              accept the client certificate in store.cert, signed by a CA in its \
              --trusted-ca-file?)"
         )
@@ -233,7 +238,7 @@ impl Etcd {
         match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with_connector(service)).await
         {
             Ok(Ok(channel)) => Ok(channel),
-            Ok(Err(e)) => Err(unreachable(error_chain(&e))),
+            Ok(Err(e)) => Err(unreachable(with_hint(error_chain(&e)))),
             Err(_) => Err(unreachable(format!(
                 "no connection within {CONNECT_TIMEOUT:?}"
             ))),
@@ -301,7 +306,10 @@ impl Etcd {
                     last[i] = Some(format!("{}: {}", self.urls[i], status_text(&status)))
                 }
                 Err(_) => {
-                    last[i] = Some(format!("{}: no answer within {CALL_TIMEOUT:?}", self.urls[i]))
+                    last[i] = Some(format!(
+                        "{}: no answer within {CALL_TIMEOUT:?}",
+                        self.urls[i]
+                    ))
                 }
             }
             self.drop_channel(i).await;
