@@ -33,6 +33,10 @@ fn demo_once_answers_the_question_and_refuses_every_attack() {
         "[ok] plaintext",
         "[ok] revoke retriever -> vectordb",
         "[ok] restore",
+        "[ok] alice (finance) reads the finance report",
+        "[ok] bob (marketing) reads the finance report",
+        "[ok] no token",
+        "user=bob GET /docs/finance/q3-report -> deny (claims_mismatch)",
     ] {
         assert!(stdout.contains(step), "missing {step:?}:\n{stdout}");
     }

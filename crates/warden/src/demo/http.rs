@@ -1,6 +1,6 @@
 //! Just enough HTTP/1.1 for the demo's four services and its probes: one request per
 //! connection, `Connection: close`, bodies delimited by the close. The services stand for
-//! real applications; Warden itself never parses HTTP.
+//! real applications (Warden's own HTTP listeners are in `warden-sidecar`'s `l7/`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,9 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 const MAX_HEAD: usize = 16 * 1024;
 
-/// A request as the services see it: the path with its query.
+/// A request as the services see it: the path with its query, and the end user's
+/// `Authorization` header (forwarded by the app to the retriever).
 pub struct Request {
     pub path: String,
+    pub authorization: Option<String>,
 }
 
 impl Request {
@@ -93,11 +95,22 @@ where
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or("/"),
     );
+    let authorization = head.lines().skip(1).find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("authorization")
+            .then(|| value.trim().to_owned())
+    });
     let (status, body) = handler(Request {
         path: path.to_owned(),
+        authorization,
     })
     .await;
-    let reason = if status == 200 { "OK" } else { "Error" };
+    let reason = match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        _ => "Error",
+    };
     let response = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -125,11 +138,23 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
 /// GET `path` from `addr`; returns (status, body). A connection closed without a response
 /// is an error: that is what a refused hop looks like from the caller's side.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    get_as(addr, path, None).await
+}
+
+/// [`get`] with an `Authorization` header.
+pub async fn get_as(
+    addr: SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> Result<(u16, String), String> {
     let work = async {
         let mut s = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
-        let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        let auth = authorization
+            .map(|a| format!("authorization: {a}\r\n"))
+            .unwrap_or_default();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}connection: close\r\n\r\n");
         s.write_all(req.as_bytes())
             .await
             .map_err(|e| format!("send: {e}"))?;
@@ -164,6 +189,7 @@ mod tests {
         let q = "what is zero trust? (50% off)";
         let r = Request {
             path: format!("/ask?q={}", encode(q)),
+            authorization: None,
         };
         assert_eq!(r.query("q").as_deref(), Some(q));
         assert_eq!(r.query("x"), None);

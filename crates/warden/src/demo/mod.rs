@@ -37,6 +37,8 @@ pub fn id(name: &str) -> String {
 /// Everything the demo started; dropped (and the temporary directory removed) at the end.
 pub struct Demo {
     pub dir: tempfile::TempDir,
+    /// The demo's identity provider: mints the end users' tokens.
+    pub idp: warden_jwt::mint::Es256Signer,
     pub cp: ControlPlane,
     pub admin: PolicyServiceClient<tonic::transport::Channel>,
     pub app: Service,
@@ -110,6 +112,17 @@ async fn start_sidecar(
     forward: Option<SocketAddr>,
     outbound: &[Upstream<'_>],
 ) -> anyhow::Result<Sidecar> {
+    // The retriever holds the department documents: its listener decides per request and
+    // per end user (routes in `chain_policies`), with the demo IdP's keys.
+    let http = if name == "retriever" {
+        format!(
+            "protocol = \"http\"\nforward_client_cert = \"sanitize_set\"\n\
+             [[jwt]]\nname = \"corp-idp\"\nissuer = \"{IDP_ISSUER}\"\naudiences = [\"{IDP_AUDIENCE}\"]\njwks_file = \"{}\"\n",
+            dir.join("idp-jwks.json").display()
+        )
+    } else {
+        String::new()
+    };
     let endpoint = format!("unix://{}", socket(dir, name).display());
     let mut text = format!(
         "trust_domain = \"{TRUST_DOMAIN}\"\n[identity]\nsource = \"workload-api\"\nendpoint = \"{endpoint}\"\n\
@@ -120,7 +133,7 @@ async fn start_sidecar(
     );
     if let Some(forward) = forward {
         text.push_str(&format!(
-            "[[inbound]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n"
+            "[[inbound]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n{http}"
         ));
     }
     for u in outbound {
@@ -175,11 +188,46 @@ pub fn policy_for(all: &[pb::WorkloadPolicy], name: &str) -> pb::WorkloadPolicy 
         .unwrap_or_default()
 }
 
+/// The demo IdP's issuer and the retriever's audience.
+pub const IDP_ISSUER: &str = "https://idp.demo.warden";
+pub const IDP_AUDIENCE: &str = "rag-retriever";
+
+/// The retriever's L7 routes: questions from the app; finance documents for the finance
+/// group only; marketing documents for marketing and finance.
+fn retriever_routes() -> Vec<pb::Route> {
+    let users = |groups: &[&str]| {
+        Some(pb::UserRequirement {
+            jwt: "corp-idp".into(),
+            claims: [(
+                "groups".to_owned(),
+                pb::StringList {
+                    values: groups.iter().map(|g| (*g).to_owned()).collect(),
+                },
+            )]
+            .into(),
+        })
+    };
+    let route = |prefix: &str, users| pb::Route {
+        listener: "http".into(),
+        path_prefix: prefix.into(),
+        methods: vec!["GET".into()],
+        peers: vec![id("app")],
+        users,
+    };
+    vec![
+        route("/retrieve", None),
+        route("/docs/finance/", users(&["finance"])),
+        route("/docs/marketing/", users(&["marketing", "finance"])),
+    ]
+}
+
 /// The intended call graph: each hop allowed only from its predecessor.
 pub fn chain_policies() -> Vec<pb::WorkloadPolicy> {
+    let mut retriever = policy("retriever", &["app"], &[("vectordb", "vectordb")]);
+    retriever.routes = retriever_routes();
     vec![
         policy("app", &[], &[("retriever", "retriever")]),
-        policy("retriever", &["app"], &[("vectordb", "vectordb")]),
+        retriever,
         policy("vectordb", &["retriever"], &[("llm", "llm")]),
         policy("llm", &["vectordb"], &[]),
     ]
@@ -222,6 +270,12 @@ impl Demo {
             .tempdir()
             .context("temporary directory")?;
         let config = control_plane_config(dir.path())?;
+        let idp_key = warden_jwt::mint::Es256Signer::generate_pkcs8()
+            .map_err(|e| anyhow!("demo IdP key: {e}"))?;
+        let idp = warden_jwt::mint::Es256Signer::from_pkcs8(&idp_key)
+            .map_err(|e| anyhow!("demo IdP key: {e}"))?;
+        std::fs::write(dir.path().join("idp-jwks.json"), idp.jwks().to_string())
+            .context("writing the demo IdP's JWKS")?;
         let cp = ControlPlane::start(&config)
             .await
             .context("starting the control plane")?;
@@ -271,6 +325,7 @@ impl Demo {
         let admin = admin_client(&admin_dir, cp_addr).await?;
         let mut demo = Demo {
             dir,
+            idp,
             cp,
             admin,
             app: Service {

@@ -83,11 +83,31 @@ pub async fn vectordb(
     .await
 }
 
-/// retriever: asks the vector DB for context.
+/// Documents by department, served by the retriever under `/docs/<department>/`. Who may
+/// read which is not the retriever's code: its sidecar's routes decide, per end user.
+const DOCUMENTS: &[(&str, &str)] = &[
+    (
+        "finance",
+        "Q3 revenue 41.2 M, margin 18 %; forecast withheld until the board meets.",
+    ),
+    (
+        "marketing",
+        "Spring campaign: three launches, one shared keynote.",
+    ),
+];
+
+/// retriever: asks the vector DB for context; serves department documents.
 pub async fn retriever(
     vectordb_out: SocketAddr,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     http::serve(move |req: Request| async move {
+        if let Some(rest) = req.path.strip_prefix("/docs/") {
+            let dept = rest.split('/').next().unwrap_or_default();
+            return match DOCUMENTS.iter().find(|(d, _)| *d == dept) {
+                Some((_, doc)) => (200, (*doc).to_owned()),
+                None => (404, "no such department".into()),
+            };
+        }
         let Some(q) = req.query("q") else {
             return (400, "missing ?q=".into());
         };
@@ -105,6 +125,15 @@ pub async fn app(
     retriever_out: SocketAddr,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     http::serve(move |req: Request| async move {
+        // A user's document request: the app passes the user's token along, and the
+        // retriever's sidecar decides; the app only relays the answer.
+        if let Some(dept) = req.query("dept") {
+            let path = format!("/docs/{}/q3-report", encode(&dept));
+            return match http::get_as(retriever_out, &path, req.authorization.as_deref()).await {
+                Ok((status, body)) => (status, body),
+                Err(e) => (502, format!("retriever unreachable: {e}")),
+            };
+        }
         let Some(q) = req.query("q") else {
             return (400, "missing ?q=".into());
         };

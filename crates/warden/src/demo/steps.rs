@@ -202,14 +202,95 @@ pub async fn tour(demo: &mut Demo) -> Report {
         }
         Err(e) => r.check("restore", false, e.to_string()),
     }
+    end_users(demo, &mut r).await;
     print_counters(demo);
     r
+}
+
+/// A token of the demo IdP for `sub`, in `groups`, valid for ten minutes.
+fn user_token(demo: &Demo, sub: &str, groups: &[&str]) -> Result<String, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = serde_json::json!({
+        "iss": super::IDP_ISSUER, "aud": super::IDP_AUDIENCE, "sub": sub,
+        "groups": groups, "iat": now, "exp": now + 600,
+    });
+    let serde_json::Value::Object(claims) = claims else {
+        return Err("claims are an object".into());
+    };
+    demo.idp.sign(&claims).map_err(|e| e.to_string())
+}
+
+/// The finance/marketing rule: the same app, two users; the retriever's sidecar decides
+/// per request from the user's token, and says so in its audit log.
+async fn end_users(demo: &Demo, r: &mut Report) {
+    println!("\n4. End users: finance may read finance documents, marketing may not");
+    let users = [("alice", "finance", 200u16), ("bob", "marketing", 403)];
+    for (user, group, want) in users {
+        let status = match user_token(demo, user, &[group]) {
+            Ok(token) => http::get_as(
+                demo.app.addr,
+                "/docs?dept=finance",
+                Some(&format!("Bearer {token}")),
+            )
+            .await
+            .map(|(s, _)| s),
+            Err(e) => Err(e),
+        };
+        r.check(
+            &format!("{user} ({group}) reads the finance report"),
+            status.as_ref().is_ok_and(|s| *s == want),
+            match &status {
+                Ok(s) => format!("HTTP {s}, decided at the retriever's sidecar"),
+                Err(e) => e.clone(),
+            },
+        );
+    }
+    let status = http::get(demo.app.addr, "/docs?dept=finance").await;
+    r.check(
+        "no token",
+        matches!(status, Ok((401, _))),
+        match status {
+            Ok((s, _)) => format!("HTTP {s}: the retriever's sidecar asks for a token"),
+            Err(e) => e,
+        },
+    );
+    let log = super::audit_log(demo.dir.path(), "retriever");
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["event"] == "http" && v["path"] != "/retrieve")
+            .collect()
+    };
+    // Audit records are written by their own thread: wait until the three are there.
+    let _ = wait_for(
+        "the retriever's audit records",
+        Duration::from_secs(5),
+        || read().len() >= 3,
+    )
+    .await;
+    let lines = read();
+    println!("     the retriever's audit log ({}):", log.display());
+    for v in lines.iter().rev().take(3).rev() {
+        println!(
+            "       {} user={} {} {} -> {} ({})",
+            v["event"].as_str().unwrap_or_default(),
+            v["user"].as_str().unwrap_or("-"),
+            v["method"].as_str().unwrap_or_default(),
+            v["path"].as_str().unwrap_or_default(),
+            v["decision"].as_str().unwrap_or_default(),
+            v["reason"].as_str().unwrap_or_default(),
+        );
+    }
 }
 
 /// The sidecars' own counters after the tour, straight from their metrics registries.
 fn print_counters(demo: &Demo) {
     println!(
-        "\n4. What the sidecars counted (warden_authz_decisions_total, warden_tls_handshakes_total)"
+        "\n5. What the sidecars counted (warden_authz_decisions_total, warden_tls_handshakes_total)"
     );
     println!(
         "     {:<10} {:>8} {:>8} {:>11} {:>9}",
