@@ -126,7 +126,7 @@ mod jwt;
 pub use admin::AdminCredentialStatus;
 pub use files::write_private;
 use files::{create_private_dir, sync_dir};
-pub use jwt::{JWT_DIR, JwtAuthority, JwtSvid};
+pub use jwt::{JWT_DIR, JwtAuthority, JwtKeyError, JwtSvid};
 
 /// An SVID fresh from the CA. `Debug` omits the key.
 pub struct IssuedSvid {

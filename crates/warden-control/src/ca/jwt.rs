@@ -11,22 +11,53 @@
 //! It must never sign a JWT-SVID for an ID outside its trust domain, without an audience,
 //! or without an expiry, and never log the key or a token.
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::KeyPair;
 use serde_json::{Map, Value, json};
+use thiserror::Error;
 use warden_identity::{SpiffeId, TrustDomain};
 use warden_jwt::mint::Es256Signer;
 use warden_jwt::{Claims, Jwks, JwtBundles, JwtError, Validator, ValidatorConfig};
 use zeroize::Zeroizing;
 
-use super::files::{create_private_dir, sync_dir};
-use super::{CaError, io_err};
+use super::files::sync_dir;
 
 /// Subdirectory of `data_dir` holding `jwt.key`.
 pub const JWT_DIR: &str = "jwt";
+
+#[derive(Debug, Error)]
+pub enum JwtKeyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: the JWT signing key is unusable ({reason}); restore it from a backup, or move \
+         it aside to create a new one (JWT-SVIDs signed with the old key then stop validating)"
+    )]
+    Damaged { path: PathBuf, reason: String },
+    #[error(
+        "{id} is not a workload ID of trust domain {trust_domain}; no JWT-SVID is signed for it"
+    )]
+    ForeignId { id: String, trust_domain: String },
+    #[error("a JWT-SVID needs at least one audience")]
+    NoAudience,
+    #[error("a JWT-SVID lifetime must be at least one second")]
+    TtlTooShort,
+    #[error("could not create or use the JWT signing key: {0}")]
+    Sign(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JwtKeyError + '_ {
+    move |source| JwtKeyError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
 
 /// The JWT signing key of one trust domain. `Debug` shows the `kid` only.
 pub struct JwtAuthority {
@@ -65,11 +96,18 @@ impl std::fmt::Debug for JwtSvid {
 
 impl JwtAuthority {
     /// Loads `data_dir/jwt/jwt.key`, creating it on first start.
-    pub fn load_or_create(data_dir: &Path, trust_domain: &TrustDomain) -> Result<Self, CaError> {
+    pub fn load_or_create(
+        data_dir: &Path,
+        trust_domain: &TrustDomain,
+    ) -> Result<Self, JwtKeyError> {
         let dir = data_dir.join(JWT_DIR);
         let path = dir.join("jwt.key");
         if !path.exists() {
-            create_private_dir(&dir)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io_err(&dir))?;
             create_key(&path)?;
         }
         let pem = Zeroizing::new(std::fs::read_to_string(&path).map_err(io_err(&path))?);
@@ -78,7 +116,7 @@ impl JwtAuthority {
         {
             tracing::warn!(path = %path.display(), "JWT signing key is readable by other users; it should be 0600");
         }
-        let corrupt = |reason: String| CaError::Corrupt {
+        let corrupt = |reason: String| JwtKeyError::Damaged {
             path: path.clone(),
             reason,
         };
@@ -92,13 +130,13 @@ impl JwtAuthority {
         Ok(authority)
     }
 
-    fn new(trust_domain: &TrustDomain, signer: Es256Signer) -> Result<Self, CaError> {
+    fn new(trust_domain: &TrustDomain, signer: Es256Signer) -> Result<Self, JwtKeyError> {
         let mut jwk = signer.public_jwk();
         // The SPIFFE bundle format marks JWT authorities with this `use`.
         jwk["use"] = json!("jwt-svid");
         let bundle_json = json!({ "keys": [jwk] }).to_string().into_bytes();
         let keys = Jwks::from_spiffe_bundle(&bundle_json)
-            .map_err(|e| CaError::Sign(format!("own JWT bundle: {e}")))?;
+            .map_err(|e| JwtKeyError::Sign(format!("own JWT bundle: {e}")))?;
         let mut bundles = JwtBundles::new();
         bundles.insert(trust_domain.clone(), keys);
         Ok(Self {
@@ -129,18 +167,18 @@ impl JwtAuthority {
         id: &SpiffeId,
         audience: &[String],
         ttl: Duration,
-    ) -> Result<JwtSvid, CaError> {
+    ) -> Result<JwtSvid, JwtKeyError> {
         if id.trust_domain_name() != self.trust_domain.as_str() || !id.is_workload() {
-            return Err(CaError::ForeignId {
+            return Err(JwtKeyError::ForeignId {
                 id: id.to_string(),
                 trust_domain: self.trust_domain.to_string(),
             });
         }
         if audience.is_empty() {
-            return Err(CaError::Sign("a JWT-SVID needs an audience".into()));
+            return Err(JwtKeyError::NoAudience);
         }
         if ttl < Duration::from_secs(1) {
-            return Err(CaError::TtlTooShort);
+            return Err(JwtKeyError::TtlTooShort);
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -158,7 +196,7 @@ impl JwtAuthority {
         let token = self
             .signer
             .sign(&claims)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
+            .map_err(|e| JwtKeyError::Sign(e.to_string()))?;
         Ok(JwtSvid {
             spiffe_id: id.clone(),
             token,
@@ -185,9 +223,9 @@ impl JwtAuthority {
 /// Writes a new key to `path` unless one appeared meanwhile: a complete temporary file
 /// (0600, synced) is hard-linked into place, which fails if another process got there first;
 /// then theirs is used.
-fn create_key(path: &Path) -> Result<(), CaError> {
+fn create_key(path: &Path) -> Result<(), JwtKeyError> {
     use std::io::Write;
-    let key = KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
+    let key = KeyPair::generate().map_err(|e| JwtKeyError::Sign(e.to_string()))?;
     let pem = Zeroizing::new(key.serialize_pem());
     let tmp: PathBuf = path.with_file_name(format!(".jwt.key.tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
@@ -255,7 +293,7 @@ mod tests {
         let key = dir.path().join("jwt/jwt.key");
         std::fs::write(&key, "garbage").expect("write");
         let e = JwtAuthority::load_or_create(dir.path(), &td()).expect_err("damaged");
-        assert!(matches!(e, CaError::Corrupt { .. }), "{e}");
+        assert!(matches!(e, JwtKeyError::Damaged { .. }), "{e}");
         assert_eq!(std::fs::read_to_string(&key).expect("read"), "garbage");
     }
 
@@ -267,14 +305,17 @@ mod tests {
         let other = SpiffeId::parse("spiffe://other.org/a").expect("id");
         assert!(matches!(
             ca.mint(&other, &["x".into()], ttl),
-            Err(CaError::ForeignId { .. })
+            Err(JwtKeyError::ForeignId { .. })
         ));
         let root = SpiffeId::parse("spiffe://example.org").expect("id");
         assert!(matches!(
             ca.mint(&root, &["x".into()], ttl),
-            Err(CaError::ForeignId { .. })
+            Err(JwtKeyError::ForeignId { .. })
         ));
-        assert!(ca.mint(&id("/a"), &[], ttl).is_err(), "no audience");
+        assert!(matches!(
+            ca.mint(&id("/a"), &[], ttl),
+            Err(JwtKeyError::NoAudience)
+        ));
         let svid = ca
             .mint(&id("/a"), &["x".into(), "y".into()], ttl)
             .expect("mint");
