@@ -303,7 +303,14 @@ fn a_new_image_rerenders_an_injected_workload_in_place() {
         .write_all(first.as_bytes())
         .expect("writes");
     let second = String::from_utf8(child.wait_with_output().expect("runs").stdout).expect("utf-8");
-    assert_eq!(second, first.replace(IMAGE, "example.com/warden:next"));
+    // The init image follows the sidecar image (`-init` added to its name).
+    let init = IMAGE.replace("warden:", "warden-init:");
+    assert_eq!(
+        second,
+        first
+            .replace(IMAGE, "example.com/warden:next")
+            .replace(&init, "example.com/warden-init:next")
+    );
 }
 
 fn refused(file: &str) -> String {

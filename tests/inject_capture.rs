@@ -157,7 +157,11 @@ fn captured_pods_get_warden_init_with_only_net_admin_and_net_raw_before_a_sideca
             Value::Null,
             "{file}: an ordinary init container"
         );
-        assert_eq!(init["image"], Value::from(IMAGE));
+        assert_eq!(
+            init["image"],
+            Value::from(IMAGE.replace("warden:", "warden-init:")),
+            "{file}: the init image (with iptables) that goes with the sidecar image"
+        );
         let sc = &init["securityContext"];
         assert_eq!(
             strings(&sc["capabilities"]["add"]),

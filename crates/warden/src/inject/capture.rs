@@ -55,7 +55,10 @@ pub(super) fn init_container(opts: &Options, s: &Settings, c: &Capture) -> Value
         ("name", INIT_CONTAINER_NAME.into()),
         (
             "image",
-            opts.init_image.as_deref().unwrap_or(&opts.image).into(),
+            opts.init_image
+                .clone()
+                .unwrap_or_else(|| init_image_of(&opts.image))
+                .into(),
         ),
         ("imagePullPolicy", "IfNotPresent".into()),
         ("args", Value::Sequence(args)),
@@ -297,4 +300,37 @@ pub(super) fn sidecar_ports() -> [(u16, &'static str); 3] {
         (CAPTURE_OUTBOUND_PORT, "[capture] outbound"),
         (ADMIN_PORT, "[admin] listen"),
     ]
+}
+
+/// The init image that goes with sidecar image `image`: the same repository name with
+/// `-init` appended, same tag or digest (the Dockerfile builds both from one source).
+pub(crate) fn init_image_of(image: &str) -> String {
+    // The repository ends at the tag's ':' (after the last '/', so a registry port is not
+    // taken for a tag) or at a digest's '@'.
+    let name_end = image
+        .find('@')
+        .or_else(|| {
+            let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+            image[last_slash..].find(':').map(|i| last_slash + i)
+        })
+        .unwrap_or(image.len());
+    format!("{}-init{}", &image[..name_end], &image[name_end..])
+}
+
+#[cfg(test)]
+mod init_image_tests {
+    use super::init_image_of;
+
+    #[test]
+    fn the_init_image_is_the_sidecar_image_with_init_in_its_name() {
+        assert_eq!(
+            init_image_of("ghcr.io/warden-mesh/warden:0.1.0"),
+            "ghcr.io/warden-mesh/warden-init:0.1.0"
+        );
+        assert_eq!(
+            init_image_of("registry.local:5000/warden"),
+            "registry.local:5000/warden-init"
+        );
+        assert_eq!(init_image_of("warden@sha256:abc"), "warden-init@sha256:abc");
+    }
 }

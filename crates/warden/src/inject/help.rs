@@ -14,8 +14,9 @@ TRAFFIC CAPTURE (the default). Each pod gets:
     another uid than 1337, except loopback, to port 15001) as root with capabilities NET_ADMIN
     and NET_RAW only (all others dropped), no privilege escalation, a read-only root
     filesystem, and a small memory volume `warden-xtables` at /run for iptables' lock. Its
-    image (--init-image, default --image) must hold iptables. The namespace's Pod Security
-    level must allow NET_ADMIN (privileged).
+    image must hold iptables: --init-image, default the --image with `-init` added to its
+    name (the Dockerfile's `init` target). The namespace's Pod Security level must allow
+    NET_ADMIN (privileged).
   - the `warden` sidecar as a native sidecar (an init container with restartPolicy: Always, so
     it starts before the app and does not keep a Job from finishing; Kubernetes 1.29+), running
     `warden sidecar --config /etc/warden/sidecar.toml` as uid 1337 (the proxy uid: its own

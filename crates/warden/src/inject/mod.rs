@@ -38,11 +38,12 @@ pub struct Args {
         conflicts_with = "serve"
     )]
     file: Option<PathBuf>,
-    /// The image of the injected `warden` container (and of `warden-init`, unless
-    /// --init-image is given).
+    /// The image of the injected `warden` container.
     #[arg(long, value_name = "IMAGE", default_value = DEFAULT_IMAGE)]
     image: String,
-    /// The image of the `warden-init` container: `warden` plus iptables (default: --image).
+    /// The image of the `warden-init` container: `warden` plus iptables (the Dockerfile's
+    /// `init` target). Default: --image with `-init` added to its repository name
+    /// (`ghcr.io/warden-mesh/warden:0.1.0` -> `ghcr.io/warden-mesh/warden-init:0.1.0`).
     #[arg(long, value_name = "IMAGE")]
     init_image: Option<String>,
     /// Trust domain of the generated sidecar config (capture mode without
