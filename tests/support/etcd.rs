@@ -184,8 +184,9 @@ impl EtcdCluster {
             .arg("--trusted-ca-file")
             .arg(&self.pki.ca)
             .arg("--client-cert-auth")
-            // Fast elections on loopback: a stopped leader is replaced within about a second.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // etcd's defaults (100 ms, 1 s): shorter ones start needless elections when the
+            // machine is busy, and a stopped leader is replaced within a few seconds anyway.
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .env_remove("ETCD_UNSUPPORTED_ARCH")
             .stdout(Stdio::null())

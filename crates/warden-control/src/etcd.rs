@@ -48,7 +48,14 @@ pub enum EtcdError {
     #[error("{endpoint}: {detail}")]
     Refused { endpoint: String, detail: String },
     #[error("no member answered within {budget:?} (is a quorum of the etcd cluster up?): {last}")]
-    NoMember { budget: Duration, last: String },
+    NoMember {
+        budget: Duration,
+        last: String,
+        /// Some attempt reached a member and got no definite answer (no reply in time, the
+        /// connection lost mid-call, etcd's own "request timed out"): a write may still be
+        /// applied, for instance once a lost quorum is back.
+        maybe_applied: bool,
+    },
     #[error("{0}")]
     Protocol(String),
 }
@@ -170,6 +177,15 @@ fn with_hint(detail: String) -> String {
     }
 }
 
+/// Whether a failed call certainly did not reach etcd's log: refused before it was sent
+/// (no connection) or by a member that has no leader. Anything else that failed after the
+/// request left (no answer in time, a connection lost mid-call, "request timed out") may
+/// still be applied.
+fn certainly_not_applied(status: &tonic::Status) -> bool {
+    let text = status_text(status);
+    text.contains("no leader") || text.contains("Connection refused")
+}
+
 /// A request with `hasleader: true`.
 pub(crate) fn leader_request<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
@@ -273,7 +289,8 @@ impl Etcd {
 
     /// Runs one KV call, moving to another member while the failure is one another member
     /// could fix, within [`OPERATION_BUDGET`]. `call` must be safe to repeat: a call that timed
-    /// out may have been applied (the store's writes check for that themselves).
+    /// out may have been applied (the store's writes check for that themselves), and when the
+    /// budget runs out after such a call the error says so (`maybe_applied`).
     pub async fn kv<T, F, Fut>(&self, call: F) -> Result<T, EtcdError>
     where
         F: Fn(KvClient<Channel>) -> Fut,
@@ -283,6 +300,7 @@ impl Etcd {
         // The last failure of each member, in member order, for the error.
         let mut last: Vec<Option<String>> = vec![None; self.members.len()];
         let mut failures = 0usize;
+        let mut maybe_applied = false;
         while tokio::time::Instant::now() < deadline {
             let (i, channel) = match self.channel().await {
                 Ok(c) => c,
@@ -303,9 +321,11 @@ impl Etcd {
                     });
                 }
                 Ok(Err(status)) => {
+                    maybe_applied |= !certainly_not_applied(&status);
                     last[i] = Some(format!("{}: {}", self.urls[i], status_text(&status)))
                 }
                 Err(_) => {
+                    maybe_applied = true;
                     last[i] = Some(format!(
                         "{}: no answer within {CALL_TIMEOUT:?}",
                         self.urls[i]
@@ -319,6 +339,7 @@ impl Etcd {
         Err(EtcdError::NoMember {
             budget: OPERATION_BUDGET,
             last: last.into_iter().flatten().collect::<Vec<_>>().join("; "),
+            maybe_applied,
         })
     }
 

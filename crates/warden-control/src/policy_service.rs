@@ -119,6 +119,18 @@ fn store_status(e: StoreError, detailed: bool) -> Status {
                 Status::unavailable("the policy store failed; nothing was changed")
             }
         }
+        StoreError::Indeterminate(detail) => {
+            tracing::error!(%detail, "policy store failure; the write may yet be applied");
+            // DEADLINE_EXCEEDED: gRPC's code for "may have completed".
+            if detailed {
+                Status::deadline_exceeded(format!(
+                    "{detail}; the write was sent but not confirmed and may still be applied \
+                     when the store recovers: read the policy (or its history) before retrying"
+                ))
+            } else {
+                Status::unavailable("the policy store failed")
+            }
+        }
         e @ StoreError::Compacted { .. } => {
             tracing::error!(detail = %e, "policy store failure");
             Status::unavailable("the policy store failed")

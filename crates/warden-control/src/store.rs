@@ -34,6 +34,10 @@ pub enum StoreError {
     /// text names the store: `policy store etcd (https://…): …`.
     #[error("{0}")]
     Unavailable(String),
+    /// A write was sent and no member answered whether it was applied: it may yet be (etcd
+    /// applies it if the member that took it still reaches a quorum). Read before retrying.
+    #[error("{0}")]
+    Indeterminate(String),
     /// The change feed cannot continue from where it was: the store dropped the revisions
     /// in between (etcd compaction). The reader must reload the current state.
     #[error(

@@ -187,6 +187,8 @@ impl EtcdStore {
         Ok(policy)
     }
 
+    /// A write transaction. Its failure after a member took it but did not answer is
+    /// [`StoreError::Indeterminate`], never "nothing changed".
     async fn txn(&self, req: rpc::TxnRequest) -> Result<rpc::TxnResponse, StoreError> {
         self.etcd
             .kv(|mut kv| {
@@ -194,7 +196,13 @@ impl EtcdStore {
                 async move { kv.txn(leader_request(req)).await }
             })
             .await
-            .map_err(|e| self.err(e))
+            .map_err(|e| match e {
+                EtcdError::NoMember {
+                    maybe_applied: true,
+                    ..
+                } => StoreError::Indeterminate(format!("{}: {e}", self.label)),
+                e => self.err(e),
+            })
     }
 
     /// Every key-value with `prefix`, page by page, all pages read at one revision.
