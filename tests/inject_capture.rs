@@ -596,3 +596,50 @@ fn remove_annotation(text: &str, key: &str) -> String {
     }
     out
 }
+
+/// A captured pod that calls other services: `warden.dev/outbound` and `warden.dev/egress`
+/// become `[[outbound]] destinations` and `[[egress]]` in the generated config, which the
+/// sidecar's own parser accepts; a malformed line names the annotation and the line.
+#[test]
+fn outbound_and_egress_annotations_become_capture_listeners() {
+    let input = with_annotation(
+        "warden.dev/outbound: |\n      retriever retriever.rag.svc.cluster.local:8080,198.18.0.3:8080 spiffe://example.org/ns/rag/sa/retriever\n    warden.dev/egress: \"llm-api api.llm.example 443\"",
+    );
+    let out = inject(&input);
+    let doc: Value = serde_yaml_ng::from_str(&out).expect("yaml");
+    let toml = doc["metadata"]["annotations"]["warden.dev/sidecar-config"]
+        .as_str()
+        .expect("generated config");
+    let config = warden_sidecar::SidecarConfig::from_toml("generated", toml).expect("valid");
+    assert_eq!(config.outbound.len(), 1, "{toml}");
+    assert_eq!(config.outbound[0].name, "retriever");
+    assert_eq!(
+        config.outbound[0].destinations,
+        ["retriever.rag.svc.cluster.local:8080", "198.18.0.3:8080"]
+    );
+    assert_eq!(
+        config.outbound[0].server_id.as_str(),
+        "spiffe://example.org/ns/rag/sa/retriever"
+    );
+    assert_eq!(config.egress.len(), 1);
+    assert_eq!(config.egress[0].hosts, ["api.llm.example"]);
+    assert_eq!(config.egress[0].ports, [443]);
+    // Idempotent with the annotations.
+    assert_eq!(inject(&out), out);
+
+    let e = refused(
+        &with_annotation("warden.dev/outbound: \"retriever only-two-fields\""),
+        &FLAGS,
+    );
+    assert!(e.contains("warden.dev/outbound line 1"), "{e}");
+    let e = refused(
+        &with_annotation("warden.dev/egress: \"llm api.llm.example https\""),
+        &FLAGS,
+    );
+    assert!(e.contains("warden.dev/egress line 1"), "{e}");
+    let e = refused(
+        &with_annotation("warden.dev/outbound: \"r r:80 not-a-spiffe-id\""),
+        &FLAGS,
+    );
+    assert!(e.contains("outbound[0].server_id"), "{e}");
+}

@@ -211,7 +211,9 @@ pub(super) fn generated_config(
              set {ANNOTATION_CAPTURE}: \"false\""
         ));
     };
-    if inbound.is_empty() {
+    let capture = s.capture();
+    let calls_out = capture.is_some_and(|c| !c.outbound.is_empty() || !c.egress.is_empty());
+    if inbound.is_empty() && !calls_out {
         return Err(format!(
             "declares no TCP container port to receive connections on, so a generated sidecar config would \
              have no listener; declare the app's ports (containerPort), or name your own ConfigMap with \
@@ -245,6 +247,29 @@ pub(super) fn generated_config(
             toml_string(&l.name),
             l.port
         );
+    }
+    if let Some(c) = capture {
+        for (name, destinations, server_id) in &c.outbound {
+            let list: Vec<String> = destinations.iter().map(|d| toml_string(d)).collect();
+            let _ = write!(
+                t,
+                "\n[[outbound]]\nname = {}\ndestinations = [{}]\nserver_id = {}\n",
+                toml_string(name),
+                list.join(", "),
+                toml_string(server_id)
+            );
+        }
+        for (name, hosts, ports) in &c.egress {
+            let hosts: Vec<String> = hosts.iter().map(|h| toml_string(h)).collect();
+            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+            let _ = write!(
+                t,
+                "\n[[egress]]\nname = {}\nhosts = [{}]\nports = [{}]\n",
+                toml_string(name),
+                hosts.join(", "),
+                ports.join(", ")
+            );
+        }
     }
     let _ = write!(
         t,

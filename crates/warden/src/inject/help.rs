@@ -56,6 +56,14 @@ Pod template annotations (a bare Pod: its own) for capture:
   warden.dev/skip-outbound-ports: \"5432\" outbound ports not captured
   warden.dev/skip-outbound-cidrs: \"10.96.0.1/32\"  outbound blocks not captured (e.g. the API
                                          server, which a captured pod cannot reach otherwise)
+  warden.dev/outbound: |                 the services the pod calls, one per line: NAME
+    retriever retriever.rag.svc:8080 spiffe://example.org/ns/rag/sa/retriever
+                                         HOST:PORT[,HOST:PORT...] SERVER_ID; each becomes an
+                                         [[outbound]] with destinations (without it, every
+                                         captured outbound connection is refused as
+                                         unknown_destination)
+  warden.dev/egress: \"llm-api api.llm.example 443\"  TLS to hosts outside the mesh, let
+                                         through by SNI: NAME HOST[,HOST...] PORT[,PORT...]
 Refused under capture: hostNetwork pods; warden.dev/inbound-port; app ports 15001, 15006,
 15000 (the sidecar binds them).
 

@@ -24,6 +24,10 @@ pub(super) struct Capture {
     pub skip_inbound_ports: Vec<u16>,
     pub skip_outbound_ports: Vec<u16>,
     pub skip_outbound_cidrs: Vec<String>,
+    /// `warden.dev/outbound`: (name, destinations, server SPIFFE ID).
+    pub outbound: Vec<(String, Vec<String>, String)>,
+    /// `warden.dev/egress`: (name, hosts, ports).
+    pub egress: Vec<(String, Vec<String>, Vec<u16>)>,
 }
 
 /// Where the sidecar's `sidecar.toml` comes from.
@@ -149,6 +153,8 @@ pub(super) fn read(
         ANNOTATION_SKIP_INBOUND_PORTS,
         ANNOTATION_SKIP_OUTBOUND_PORTS,
         ANNOTATION_SKIP_OUTBOUND_CIDRS,
+        ANNOTATION_OUTBOUND,
+        ANNOTATION_EGRESS,
     ];
     let mode = if capture {
         if annotation(ANNOTATION_INBOUND_PORT)?.is_some() {
@@ -175,10 +181,56 @@ pub(super) fn read(
             .into_iter()
             .filter(|p| *p != metrics_port)
             .collect();
+        let lines = |key: &str| -> Result<Vec<(usize, Vec<String>)>, WorkloadError> {
+            Ok(annotation(key)?
+                .unwrap_or_default()
+                .lines()
+                .enumerate()
+                .map(|(i, l)| {
+                    (
+                        i + 1,
+                        l.split_whitespace().map(str::to_owned).collect::<Vec<_>>(),
+                    )
+                })
+                .filter(|(_, fields)| !fields.is_empty())
+                .collect())
+        };
+        let mut outbound = Vec::new();
+        for (n, fields) in lines(ANNOTATION_OUTBOUND)? {
+            let [name, destinations, server_id] = fields.as_slice() else {
+                return Err(err(format!(
+                    "annotation {ANNOTATION_OUTBOUND} line {n}: expected `NAME HOST:PORT[,HOST:PORT...] SERVER_SPIFFE_ID`"
+                )));
+            };
+            let destinations = destinations.split(',').map(str::to_owned).collect();
+            outbound.push((name.clone(), destinations, server_id.clone()));
+        }
+        let mut egress = Vec::new();
+        for (n, fields) in lines(ANNOTATION_EGRESS)? {
+            let bad = || {
+                err(format!(
+                    "annotation {ANNOTATION_EGRESS} line {n}: expected `NAME HOST[,HOST...] PORT[,PORT...]`"
+                ))
+            };
+            let [name, hosts, ports] = fields.as_slice() else {
+                return Err(bad());
+            };
+            let ports = ports
+                .split(',')
+                .map(|p| p.parse::<u16>().map_err(|_| bad()))
+                .collect::<Result<Vec<_>, _>>()?;
+            egress.push((
+                name.clone(),
+                hosts.split(',').map(str::to_owned).collect(),
+                ports,
+            ));
+        }
         Mode::Capture(Capture {
             skip_inbound_ports,
             skip_outbound_ports: ports(ANNOTATION_SKIP_OUTBOUND_PORTS)?,
             skip_outbound_cidrs: cidrs,
+            outbound,
+            egress,
         })
     } else {
         if let Some(key) = skip_keys.iter().find(|k| annotations.get(**k).is_some()) {

@@ -24,6 +24,12 @@ pub const ANNOTATION_CAPTURE: &str = "warden.dev/capture";
 pub const ANNOTATION_SKIP_INBOUND_PORTS: &str = "warden.dev/skip-inbound-ports";
 pub const ANNOTATION_SKIP_OUTBOUND_PORTS: &str = "warden.dev/skip-outbound-ports";
 pub const ANNOTATION_SKIP_OUTBOUND_CIDRS: &str = "warden.dev/skip-outbound-cidrs";
+/// Capture mode, generated config: the services the pod calls, one per line,
+/// `NAME HOST:PORT[,HOST:PORT...] SERVER_SPIFFE_ID` (an `[[outbound]]` with `destinations`).
+pub const ANNOTATION_OUTBOUND: &str = "warden.dev/outbound";
+/// Capture mode, generated config: TLS to non-mesh hosts let through by SNI, one per line,
+/// `NAME HOST[,HOST...] PORT[,PORT...]` (an `[[egress]]`).
+pub const ANNOTATION_EGRESS: &str = "warden.dev/egress";
 /// Written by `warden inject`: the generated `sidecar.toml` (capture mode without
 /// `warden.dev/config-map`), mounted into the sidecar through the downward API.
 pub const ANNOTATION_SIDECAR_CONFIG: &str = "warden.dev/sidecar-config";
