@@ -28,6 +28,7 @@ pub(crate) fn snapshot_of(policy: Option<&WorkloadPolicy>, revision: u64) -> Sna
         present: policy.is_some(),
         policy: policy.map(convert::to_proto),
         version: policy.map(|p| p.version).unwrap_or(revision),
+        quarantined: Vec::new(),
     })
 }
 

@@ -333,6 +333,7 @@ impl PolicyService for PolicyApi {
                     admin: e.admin,
                     action: e.action.as_str().to_owned(),
                     policy: e.policy.as_ref().map(convert::to_proto),
+                    reason: String::new(),
                 })
                 .collect(),
         }))
@@ -419,6 +420,7 @@ impl PolicyService for PolicyApi {
                             Some(pb::watch_request::Msg::Ack(a)) => {
                                 session.applied_version = a.applied_version
                             }
+                            Some(pb::watch_request::Msg::EdgeReport(_)) => {}
                             None => {}
                         }
                     }
@@ -447,6 +449,34 @@ impl PolicyService for PolicyApi {
             },
         };
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn observed(
+        &self,
+        _req: Request<pb::ObservedRequest>,
+    ) -> Result<Response<pb::ObservedResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn anomalies(
+        &self,
+        _req: Request<pb::AnomaliesRequest>,
+    ) -> Result<Response<pb::AnomaliesResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn quarantine(
+        &self,
+        _req: Request<pb::QuarantineRequest>,
+    ) -> Result<Response<pb::QuarantineResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+
+    async fn release(
+        &self,
+        _req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
     }
 }
 

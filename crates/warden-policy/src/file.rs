@@ -79,6 +79,8 @@ pub enum PolicyFileError {
     },
     #[error("{path}: {reason}")]
     Route { path: String, reason: String },
+    #[error("{path}: {value:?}: expected \"enforce\" or \"audit\"")]
+    Mode { path: String, value: String },
     #[error("{path}: {spiffe_id:?} is already defined by workload[{first}]")]
     DuplicateWorkload {
         path: String,
@@ -131,6 +133,9 @@ pub fn to_toml(policies: &[WorkloadPolicy]) -> String {
         }
         out.push_str("[[workload]]\n");
         let _ = writeln!(out, "spiffe_id = {}", toml_string(p.spiffe_id.as_str()));
+        if !p.mode.is_enforce() {
+            let _ = writeln!(out, "mode = {}", toml_string(p.mode.as_str()));
+        }
         for (direction, map) in [("inbound", &p.inbound), ("outbound", &p.outbound)] {
             for (listener, patterns) in map {
                 let _ = write!(out, "{direction}.{} = [", toml_key(listener));
@@ -352,6 +357,7 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
         return Err(wrong_type(path, "a table", &node));
     };
     let mut spiffe_id = None;
+    let mut mode = crate::model::Mode::Enforce;
     let mut inbound = Vec::new();
     let mut outbound = Vec::new();
     let mut routes = Vec::new();
@@ -364,13 +370,20 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
                 };
                 spiffe_id = Some(s);
             }
+            "mode" => {
+                let text = string(&key_path, value, "\"enforce\" or \"audit\"")?;
+                mode = crate::model::Mode::parse(&text).ok_or(PolicyFileError::Mode {
+                    path: key_path,
+                    value: text,
+                })?;
+            }
             "inbound" => inbound = read_listeners(&key_path, value)?,
             "outbound" => outbound = read_listeners(&key_path, value)?,
             "route" => routes = read_routes(&key_path, value)?,
             _ => {
                 return Err(unknown_key(
                     &key_path,
-                    "one of \"spiffe_id\", \"inbound\", \"outbound\", \"route\"",
+                    "one of \"spiffe_id\", \"mode\", \"inbound\", \"outbound\", \"route\"",
                 ));
             }
         }
@@ -381,7 +394,8 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
         });
     };
     // The same validation as the wire and the store; only the error's key path is ours.
-    validate_parts(&spiffe_id, borrowed(&inbound), borrowed(&outbound), &routes).map_err(|e| {
+    let mut policy = validate_parts(&spiffe_id, borrowed(&inbound), borrowed(&outbound), &routes)
+        .map_err(|e| {
         let listener_path =
             |direction: Direction, name: &str| join(&join(path, direction.as_str()), name);
         match e {
@@ -422,7 +436,9 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
                 reason,
             },
         }
-    })
+    })?;
+    policy.mode = mode;
+    Ok(policy)
 }
 
 /// `[[workload.route]]`: an array of tables, type-checked into raw routes; their values

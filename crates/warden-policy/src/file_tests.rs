@@ -114,7 +114,7 @@ inbund.http = ["spiffe://example.org/b"]
 "#;
     assert_eq!(
         toml_err(text),
-        "workload[0].inbund: unknown key (expected one of \"spiffe_id\", \"inbound\", \"outbound\", \"route\")"
+        "workload[0].inbund: unknown key (expected one of \"spiffe_id\", \"mode\", \"inbound\", \"outbound\", \"route\")"
     );
     assert_eq!(
         toml_err("[[workloads]]\nspiffe_id = \"spiffe://example.org/a\"\n"),
@@ -122,7 +122,7 @@ inbund.http = ["spiffe://example.org/b"]
     );
     assert_eq!(
         json_err(r#"{"workload":[{"spiffe_id":"spiffe://example.org/a","version":3}]}"#),
-        "workload[0].version: unknown key (expected one of \"spiffe_id\", \"inbound\", \"outbound\", \"route\")"
+        "workload[0].version: unknown key (expected one of \"spiffe_id\", \"mode\", \"inbound\", \"outbound\", \"route\")"
     );
 }
 
@@ -347,5 +347,35 @@ path_prefix = "/health"
         e.to_string()
             .starts_with("workload[0].route[0].method: unknown key"),
         "{e}"
+    );
+}
+
+#[test]
+fn mode_parses_round_trips_and_names_its_errors() {
+    let text = "[[workload]]\nspiffe_id = \"spiffe://example.org/a\"\nmode = \"audit\"\ninbound.http = []\n";
+    let p = parse_policy_file(text).expect("audit mode");
+    assert_eq!(p[0].mode, crate::Mode::Audit);
+    let written = to_toml(&p);
+    assert!(written.contains("mode = \"audit\"\n"), "{written}");
+    assert_eq!(parse_policy_file(&written).expect("round trip"), p);
+    let json = r#"{"workload":[{"spiffe_id":"spiffe://example.org/a","mode":"audit"}]}"#;
+    assert_eq!(
+        parse_policy_file(json).expect("json")[0].mode,
+        crate::Mode::Audit
+    );
+    // Enforce is the default and is not written out.
+    let enforce = parse_policy_file(
+        "[[workload]]\nspiffe_id = \"spiffe://example.org/a\"\nmode = \"enforce\"\n",
+    )
+    .expect("enforce");
+    assert_eq!(enforce[0].mode, crate::Mode::Enforce);
+    assert!(!to_toml(&enforce).contains("mode"));
+    assert_eq!(
+        toml_err("[[workload]]\nspiffe_id = \"spiffe://example.org/a\"\nmode = \"dry-run\"\n"),
+        "workload[0].mode: \"dry-run\": expected \"enforce\" or \"audit\""
+    );
+    assert_eq!(
+        toml_err("[[workload]]\nspiffe_id = \"spiffe://example.org/a\"\nmode = 1\n"),
+        "workload[0].mode: expected \"enforce\" or \"audit\", found an integer"
     );
 }

@@ -23,7 +23,7 @@ pub mod wire;
 
 pub use file::{Format, PolicyFileError, parse_policy_file, parse_policy_file_as, to_toml};
 pub use model::{
-    Direction, ListenerName, ListenerNameError, MAX_LISTENER_NAME_LEN, ModelError, PartError,
+    Direction, ListenerName, ListenerNameError, MAX_LISTENER_NAME_LEN, Mode, ModelError, PartError,
     RawListeners, WorkloadPolicy, validate_listener_name, validate_parts,
 };
 pub use pattern::{Pattern, PatternError};

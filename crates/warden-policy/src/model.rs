@@ -41,6 +41,49 @@ impl fmt::Display for Direction {
     }
 }
 
+/// How a workload's policy is applied. `Audit` lets through what the rules would deny
+/// (counted and audited as `would_deny`, with the reason the deny would have had), so a
+/// policy can be tried on live traffic before it is enforced. Only policy decisions relax:
+/// handshakes, SVID validation and quarantine never do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny what the rules do not allow (the default).
+    #[default]
+    Enforce,
+    /// Allow, but count and audit as `would_deny`, what the rules do not allow.
+    Audit,
+}
+
+impl Mode {
+    /// The policy file / wire value: `enforce` or `audit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+
+    /// Reads a policy file / wire value (`enforce` or `audit`, exactly).
+    pub fn parse(text: &str) -> Option<Mode> {
+        match text {
+            "enforce" => Some(Mode::Enforce),
+            "audit" => Some(Mode::Audit),
+            _ => None,
+        }
+    }
+
+    pub fn is_enforce(&self) -> bool {
+        *self == Mode::Enforce
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Longest listener name. Names end up in metric labels and log lines, so they are kept
 /// short and free of characters that need quoting anywhere.
 pub const MAX_LISTENER_NAME_LEN: usize = 64;
@@ -211,6 +254,9 @@ pub struct WorkloadPolicy {
     /// L7 rules of this workload's HTTP listeners, in order (first match wins).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// `enforce` (default) or `audit`: see [`Mode`].
+    #[serde(default, skip_serializing_if = "Mode::is_enforce")]
+    pub mode: Mode,
     /// Assigned by the control plane, monotonic; 0 for a policy not (yet) stored there.
     pub version: u64,
     /// The admin SPIFFE ID that wrote this version.
@@ -237,6 +283,8 @@ struct RawWorkloadPolicy {
     #[serde(default)]
     routes: Vec<RawRoute>,
     #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
     version: u64,
     #[serde(default)]
     updated_by: Option<String>,
@@ -260,6 +308,7 @@ impl TryFrom<RawWorkloadPolicy> for WorkloadPolicy {
             listeners(&raw.outbound),
             &raw.routes,
         )?;
+        policy.mode = raw.mode;
         policy.version = raw.version;
         policy.updated_by = raw.updated_by;
         policy.updated_at_unix_ms = raw.updated_at_unix_ms;
@@ -275,6 +324,7 @@ impl WorkloadPolicy {
             inbound: BTreeMap::new(),
             outbound: BTreeMap::new(),
             routes: Vec::new(),
+            mode: Mode::Enforce,
             version: 0,
             updated_by: None,
             updated_at_unix_ms: None,
@@ -359,6 +409,23 @@ mod tests {
         );
         let back: WorkloadPolicy = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn audit_mode_round_trips_and_enforce_is_the_default() {
+        let mut p = sample();
+        p.mode = Mode::Audit;
+        let json = serde_json::to_string(&p).expect("serialize");
+        assert!(json.contains(r#""mode":"audit""#), "{json}");
+        let back: WorkloadPolicy = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, p);
+        let err = serde_json::from_str::<WorkloadPolicy>(
+            r#"{"spiffe_id":"spiffe://example.org/a","mode":"dry-run"}"#,
+        )
+        .expect_err("unknown mode");
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+        assert_eq!(Mode::parse("audit"), Some(Mode::Audit));
+        assert_eq!(Mode::parse("Audit"), None);
     }
 
     #[test]

@@ -248,7 +248,10 @@ pub enum UserCheck {
 /// The outcome of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestDecision {
+    /// Whether the request goes to the app.
     pub allowed: bool,
+    /// Allowed only because the policy is in audit mode: the routes deny it, for `reason`.
+    pub would_deny: bool,
     /// The route that allowed the request (its index among the workload's routes), if any.
     pub route: Option<usize>,
     pub reason: RequestReason,
@@ -268,6 +271,8 @@ pub enum RequestReason {
     ClaimsMismatch,
     /// A route matched but needs a user, and the token was missing or invalid (401).
     Unauthenticated(&'static str),
+    /// The calling workload is in quarantine (403).
+    Quarantined,
 }
 
 impl RequestReason {
@@ -278,6 +283,7 @@ impl RequestReason {
             RequestReason::NoMatch => "no_match",
             RequestReason::ClaimsMismatch => "claims_mismatch",
             RequestReason::Unauthenticated(why) => why,
+            RequestReason::Quarantined => "quarantined",
         }
     }
 
@@ -286,7 +292,9 @@ impl RequestReason {
         match self {
             RequestReason::Unauthenticated(_) => 401,
             RequestReason::Allowed | RequestReason::NoRoutes => 200,
-            RequestReason::NoMatch | RequestReason::ClaimsMismatch => 403,
+            RequestReason::NoMatch | RequestReason::ClaimsMismatch | RequestReason::Quarantined => {
+                403
+            }
         }
     }
 }
@@ -326,6 +334,7 @@ pub fn decide_request<'r>(
             UserCheck::Satisfied => {
                 return RequestDecision {
                     allowed: true,
+                    would_deny: false,
                     route: Some(index),
                     reason: RequestReason::Allowed,
                 };
@@ -339,6 +348,7 @@ pub fn decide_request<'r>(
     let reason = if !any {
         return RequestDecision {
             allowed: true,
+            would_deny: false,
             route: None,
             reason: RequestReason::NoRoutes,
         };
@@ -353,6 +363,7 @@ pub fn decide_request<'r>(
     };
     RequestDecision {
         allowed: false,
+        would_deny: false,
         route: None,
         reason,
     }

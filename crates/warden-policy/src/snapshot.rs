@@ -18,7 +18,7 @@ use std::fmt;
 
 use warden_identity::SpiffeId;
 
-use crate::model::{Direction, WorkloadPolicy};
+use crate::model::{Direction, Mode, WorkloadPolicy};
 use crate::pattern::{Kind, Pattern, Segment};
 
 /// Where the snapshot's policy came from; reported on `/debug/policy` and in logs.
@@ -54,14 +54,23 @@ impl fmt::Display for PolicySource {
 /// The outcome of one authorization check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision<'a> {
+    /// Whether the connection may proceed.
     pub allowed: bool,
+    /// Allowed only because the policy is in audit mode: the rules deny it, for `reason`.
+    pub would_deny: bool,
     pub reason: Reason<'a>,
 }
 
 impl Decision<'_> {
-    /// The `decision` metric label: `allow` or `deny`.
+    /// The `decision` metric label: `allow`, `deny`, or `would_deny` (audit mode).
     pub fn as_label(&self) -> &'static str {
-        if self.allowed { "allow" } else { "deny" }
+        if self.would_deny {
+            "would_deny"
+        } else if self.allowed {
+            "allow"
+        } else {
+            "deny"
+        }
     }
 }
 
@@ -78,6 +87,8 @@ pub enum Reason<'a> {
     EmptyAllowlist,
     /// The listener has rules, but none matches the peer.
     NoMatch,
+    /// The peer (inbound), or this workload itself (outbound), is in quarantine.
+    Quarantined,
 }
 
 impl Reason<'_> {
@@ -89,6 +100,7 @@ impl Reason<'_> {
             Reason::UnknownListener => "unknown_listener",
             Reason::EmptyAllowlist => "empty_allowlist",
             Reason::NoMatch => "no_match",
+            Reason::Quarantined => "quarantined",
         }
     }
 }
@@ -101,6 +113,7 @@ impl fmt::Display for Reason<'_> {
             Reason::UnknownListener => f.write_str("the policy has no rules for this listener"),
             Reason::EmptyAllowlist => f.write_str("the listener's allowlist is empty"),
             Reason::NoMatch => f.write_str("no rule matches the peer"),
+            Reason::Quarantined => f.write_str("the identity is in quarantine"),
         }
     }
 }
@@ -223,6 +236,11 @@ pub struct PolicySnapshot {
     outbound: DirectionRules,
     /// L7 rules, in policy order.
     routes: Vec<crate::Route>,
+    mode: Mode,
+    /// SPIFFE IDs in quarantine (pushed by the control plane): refused inbound.
+    quarantine: HashSet<Box<str>>,
+    /// This workload is itself in quarantine: every outbound call is refused.
+    self_quarantined: bool,
 }
 
 impl PolicySnapshot {
@@ -239,6 +257,9 @@ impl PolicySnapshot {
             inbound: DirectionRules::default(),
             outbound: DirectionRules::default(),
             routes: Vec::new(),
+            mode: Mode::Enforce,
+            quarantine: HashSet::new(),
+            self_quarantined: false,
         }
     }
 
@@ -261,6 +282,9 @@ impl PolicySnapshot {
             inbound: DirectionRules::compile(policy.inbound.clone()),
             outbound: DirectionRules::compile(policy.outbound.clone()),
             routes: policy.routes.clone(),
+            mode: policy.mode,
+            quarantine: HashSet::new(),
+            self_quarantined: false,
         }
     }
 
@@ -287,11 +311,54 @@ impl PolicySnapshot {
         self
     }
 
+    /// The same snapshot with the control plane's quarantine list: those IDs are refused
+    /// on every inbound listener and, when this workload is one of them, every outbound
+    /// call is refused. Neither is relaxed by audit mode.
+    pub fn with_quarantine<'a>(mut self, ids: impl IntoIterator<Item = &'a str>) -> Self {
+        self.quarantine = ids.into_iter().map(Box::from).collect();
+        self.self_quarantined = self
+            .workload
+            .as_ref()
+            .is_some_and(|w| self.quarantine.contains(w.as_str()));
+        self
+    }
+
     /// Decides whether `peer` may use `listener` in `direction`. Denies unless a rule of
-    /// that listener matches; allocates nothing.
+    /// that listener matches (in audit mode: allows, marked `would_deny`), and always when
+    /// quarantine applies; allocates nothing.
     pub fn decide(&self, direction: Direction, listener: &str, peer: &SpiffeId) -> Decision<'_> {
+        if self.is_quarantined(direction, peer) {
+            return Decision {
+                allowed: false,
+                would_deny: false,
+                reason: Reason::Quarantined,
+            };
+        }
+        let decision = self.decide_rules(direction, listener, peer);
+        if !decision.allowed && self.mode == Mode::Audit && self.has_policy {
+            return Decision {
+                allowed: true,
+                would_deny: true,
+                reason: decision.reason,
+            };
+        }
+        decision
+    }
+
+    fn is_quarantined(&self, direction: Direction, peer: &SpiffeId) -> bool {
+        match direction {
+            Direction::Inbound => {
+                !self.quarantine.is_empty() && self.quarantine.contains(peer.as_str())
+            }
+            Direction::Outbound => self.self_quarantined,
+        }
+    }
+
+    /// The rules alone, as enforce mode applies them.
+    fn decide_rules(&self, direction: Direction, listener: &str, peer: &SpiffeId) -> Decision<'_> {
         let deny = |reason| Decision {
             allowed: false,
+            would_deny: false,
             reason,
         };
         if !self.has_policy {
@@ -306,6 +373,7 @@ impl PolicySnapshot {
         match rules.find(peer) {
             Some(rule) => Decision {
                 allowed: true,
+                would_deny: false,
                 reason: Reason::Matched { rule },
             },
             None => deny(Reason::NoMatch),
@@ -324,11 +392,16 @@ impl PolicySnapshot {
         path: &str,
         users: &mut dyn FnMut(&crate::UserRequirement) -> crate::UserCheck,
     ) -> crate::RequestDecision {
-        if !self.has_policy {
+        if !self.has_policy || self.is_quarantined(Direction::Inbound, peer) {
             return crate::RequestDecision {
                 allowed: false,
+                would_deny: false,
                 route: None,
-                reason: crate::RequestReason::NoMatch,
+                reason: if self.has_policy {
+                    crate::RequestReason::Quarantined
+                } else {
+                    crate::RequestReason::NoMatch
+                },
             };
         }
         let routes = self
@@ -336,7 +409,24 @@ impl PolicySnapshot {
             .iter()
             .enumerate()
             .filter(|(_, r)| r.listener == listener);
-        crate::route::decide_request(routes, peer, method, path, users)
+        let mut decision = crate::route::decide_request(routes, peer, method, path, users);
+        if !decision.allowed && self.mode == Mode::Audit {
+            decision.allowed = true;
+            decision.would_deny = true;
+        }
+        decision
+    }
+
+    /// `enforce` or `audit`.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The quarantined SPIFFE IDs in force, sorted (for `/debug/policy`).
+    pub fn quarantined(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.quarantine.iter().map(|id| &**id).collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// The L7 rules, in policy order.
@@ -398,6 +488,8 @@ impl fmt::Debug for PolicySnapshot {
             .field("source", &self.source)
             .field("version", &self.version)
             .field("workload", &self.workload)
+            .field("mode", &self.mode)
+            .field("quarantined", &self.quarantine.len())
             .field("inbound_listeners", &self.inbound.listed.len())
             .field("inbound_rules", &count(&self.inbound))
             .field("outbound_listeners", &self.outbound.listed.len())

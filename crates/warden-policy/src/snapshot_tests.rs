@@ -27,6 +27,7 @@ fn allowed_by(d: Decision<'_>) -> Option<&str> {
     match d {
         Decision {
             allowed: true,
+            would_deny: false,
             reason: Reason::Matched { rule },
         } => Some(rule),
         _ => None,
@@ -47,6 +48,7 @@ fn deny_all_denies_with_no_policy() {
             d,
             Decision {
                 allowed: false,
+                would_deny: false,
                 reason: Reason::NoPolicy
             }
         );
@@ -423,4 +425,118 @@ fn reason_display() {
     );
     assert_eq!(Reason::NoMatch.to_string(), "no rule matches the peer");
     assert_eq!(PolicySource::ControlPlane.as_str(), "control_plane");
+}
+
+#[test]
+fn audit_mode_allows_what_would_be_denied_with_the_deny_reason() {
+    let mut p = policy(&[("http", &[RETRIEVER]), ("empty", &[])], &[]);
+    p.mode = crate::Mode::Audit;
+    let snap = PolicySnapshot::compile(Some(&p), PolicySource::ControlPlane);
+    assert_eq!(snap.mode(), crate::Mode::Audit);
+    let stranger = id("spiffe://example.org/ns/x/sa/stranger");
+    // Allowed by a rule: a plain allow.
+    let d = snap.decide(Direction::Inbound, "http", &id(RETRIEVER));
+    assert_eq!(
+        (d.allowed, d.would_deny, d.as_label()),
+        (true, false, "allow")
+    );
+    // Each deny reason, let through and labelled would_deny with that reason.
+    for (listener, reason) in [
+        ("http", Reason::NoMatch),
+        ("empty", Reason::EmptyAllowlist),
+        ("nope", Reason::UnknownListener),
+    ] {
+        let d = snap.decide(Direction::Inbound, listener, &stranger);
+        assert_eq!(
+            d,
+            Decision {
+                allowed: true,
+                would_deny: true,
+                reason
+            },
+            "{listener}"
+        );
+        assert_eq!(d.as_label(), "would_deny");
+    }
+    let d = snap.decide(Direction::Outbound, "llm", &stranger);
+    assert!(d.would_deny && d.allowed);
+    // No policy at all is not audit mode: deny.
+    let none = PolicySnapshot::compile(None, PolicySource::ControlPlane);
+    assert!(!none.decide(Direction::Inbound, "http", &stranger).allowed);
+    // The same rules enforced deny.
+    p.mode = crate::Mode::Enforce;
+    let enforced = PolicySnapshot::compile(Some(&p), PolicySource::ControlPlane);
+    let d = enforced.decide(Direction::Inbound, "http", &stranger);
+    assert_eq!((d.allowed, d.as_label()), (false, "deny"));
+}
+
+#[test]
+fn quarantine_refuses_inbound_everywhere_and_the_quarantined_outbound_even_in_audit_mode() {
+    let mut p = policy(
+        &[("http", &[RETRIEVER])],
+        &[("llm", &["spiffe://example.org/**"])],
+    );
+    p.mode = crate::Mode::Audit;
+    let me = p.spiffe_id.as_str().to_owned();
+    let snap =
+        PolicySnapshot::compile(Some(&p), PolicySource::ControlPlane).with_quarantine([RETRIEVER]);
+    assert_eq!(snap.quarantined(), vec![RETRIEVER]);
+    let d = snap.decide(Direction::Inbound, "http", &id(RETRIEVER));
+    assert_eq!(
+        d,
+        Decision {
+            allowed: false,
+            would_deny: false,
+            reason: Reason::Quarantined
+        }
+    );
+    assert_eq!(d.reason.as_label(), "quarantined");
+    // Outbound to a quarantined server is the policy's business; our own outbound is not
+    // refused unless we are quarantined ourselves.
+    assert!(
+        snap.decide(Direction::Outbound, "llm", &id(RETRIEVER))
+            .allowed
+    );
+    let mut no_user = |_: &crate::UserRequirement| crate::UserCheck::Satisfied;
+    let r = snap.decide_request("http", &id(RETRIEVER), "GET", "/", &mut no_user);
+    assert_eq!(
+        (r.allowed, r.reason),
+        (false, crate::RequestReason::Quarantined)
+    );
+    let selfq = PolicySnapshot::compile(Some(&p), PolicySource::ControlPlane)
+        .with_quarantine([me.as_str()]);
+    let d = selfq.decide(Direction::Outbound, "llm", &id(RETRIEVER));
+    assert_eq!((d.allowed, d.reason), (false, Reason::Quarantined));
+    // Its inbound is not refused by its own quarantine.
+    assert!(
+        selfq
+            .decide(Direction::Inbound, "http", &id(RETRIEVER))
+            .allowed
+    );
+}
+
+#[test]
+fn audit_mode_lets_denied_requests_through_as_would_deny() {
+    let text = r#"
+[[workload]]
+spiffe_id = "spiffe://example.org/ns/rag/sa/vectordb"
+mode = "audit"
+inbound.http = ["spiffe://example.org/**"]
+[[workload.route]]
+listener = "http"
+path_prefix = "/public/"
+"#;
+    let p = crate::parse_policy_file(text).expect("policy").remove(0);
+    let snap = PolicySnapshot::compile(Some(&p), PolicySource::ControlPlane);
+    let mut users = |_: &crate::UserRequirement| crate::UserCheck::Satisfied;
+    let ok = snap.decide_request("http", &id(RETRIEVER), "GET", "/public/x", &mut users);
+    assert_eq!(
+        (ok.allowed, ok.would_deny, ok.route),
+        (true, false, Some(0))
+    );
+    let would = snap.decide_request("http", &id(RETRIEVER), "GET", "/private/x", &mut users);
+    assert_eq!(
+        (would.allowed, would.would_deny, would.reason),
+        (true, true, crate::RequestReason::NoMatch)
+    );
 }

@@ -28,6 +28,8 @@ pub enum ConvertError {
         value: String,
         reason: String,
     },
+    #[error("mode {0:?}: expected \"enforce\" or \"audit\"")]
+    Mode(String),
     #[error("routes[{index}].{field}: {reason}")]
     Route {
         index: usize,
@@ -88,6 +90,12 @@ pub fn to_proto(p: &WorkloadPolicy) -> pb::WorkloadPolicy {
         inbound: map(&p.inbound),
         outbound: map(&p.outbound),
         routes: p.routes.iter().map(route_to_proto).collect(),
+        // Enforce is written as the empty default, so that older readers see what they know.
+        mode: if p.mode.is_enforce() {
+            String::new()
+        } else {
+            p.mode.as_str().to_owned()
+        },
         version: p.version,
         updated_by: p.updated_by.clone().unwrap_or_default(),
         updated_at_unix_ms: p.updated_at_unix_ms.unwrap_or(0),
@@ -169,6 +177,10 @@ pub fn from_proto(p: &pb::WorkloadPolicy) -> Result<WorkloadPolicy, ConvertError
             reason,
         },
     })?;
+    policy.mode = match p.mode.as_str() {
+        "" => crate::Mode::Enforce,
+        text => crate::Mode::parse(text).ok_or_else(|| ConvertError::Mode(text.to_owned()))?,
+    };
     policy.version = p.version;
     policy.updated_by = (!p.updated_by.is_empty()).then(|| p.updated_by.clone());
     policy.updated_at_unix_ms = (p.updated_at_unix_ms != 0).then_some(p.updated_at_unix_ms);
@@ -200,6 +212,15 @@ outbound.llm = ["spiffe://example.org/ns/rag/**"]
         );
         let err = from_proto(&wire).expect_err("bad pattern");
         assert!(err.to_string().starts_with("inbound.http[0]"), "{err}");
+        wire.mode = "audit".into();
+        wire.inbound.clear();
+        assert_eq!(from_proto(&wire).expect("audit").mode, crate::Mode::Audit);
+        let mut audited = model.clone();
+        audited.mode = crate::Mode::Audit;
+        assert_eq!(from_proto(&to_proto(&audited)).expect("rt"), audited);
+        wire.mode = "permissive".into();
+        assert!(matches!(from_proto(&wire), Err(ConvertError::Mode(m)) if m == "permissive"));
+        wire.mode = String::new();
         wire.spiffe_id = "spiffe://example.org".into();
         assert!(matches!(
             from_proto(&wire),

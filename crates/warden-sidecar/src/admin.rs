@@ -284,6 +284,8 @@ fn policy(shared: &Shared) -> Value {
         "version": p.version(),
         "source": p.source().as_str(),
         "has_policy": p.has_policy(),
+        "mode": p.mode().as_str(),
+        "quarantined": p.quarantined(),
         "workload": p.workload().map(|w| w.as_str()),
         "updated_by": p.updated_by(),
         "updated_at_unix_ms": p.updated_at_unix_ms(),

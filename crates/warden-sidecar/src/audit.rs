@@ -66,6 +66,8 @@ pub enum AuditEvent {
 pub enum AuditDecision {
     Allow,
     Deny,
+    /// Allowed because the policy is in audit mode; enforced, it would be a deny.
+    WouldDeny,
     /// An update (SVID, policy) put in force.
     Ok,
     /// An update refused; what was in force stays.
@@ -86,7 +88,7 @@ pub struct Record {
     pub listener: Option<Arc<str>>,
     pub peer_id: Option<String>,
     pub peer_addr: Option<SocketAddr>,
-    /// `allow`/`deny` for decisions; `ok`/`rejected`/`invalid` for rotations and policy
+    /// `allow`/`deny`/`would_deny` for decisions; `ok`/`rejected`/`invalid` for rotations and policy
     /// changes.
     pub decision: Option<AuditDecision>,
     /// The rule that allowed the peer.
@@ -129,7 +131,10 @@ impl Record {
     fn suppressible(&self) -> bool {
         match self.event {
             AuditEvent::HandshakeFailure | AuditEvent::Refused => true,
-            AuditEvent::Authz | AuditEvent::Http => self.decision == Some(AuditDecision::Deny),
+            AuditEvent::Authz | AuditEvent::Http => matches!(
+                self.decision,
+                Some(AuditDecision::Deny | AuditDecision::WouldDeny)
+            ),
             _ => false,
         }
     }

@@ -98,6 +98,8 @@ pub struct PeerLabels {
 /// One HTTP request's outcome, for [`Telemetry::http_request`].
 pub struct HttpOutcome<'a> {
     pub allowed: bool,
+    /// Allowed only because the policy is in audit mode (`decision="would_deny"`).
+    pub would_deny: bool,
     /// The `reason` label: `allowed`, `no_routes`, `no_match`, `claims_mismatch`,
     /// `bad_path`, or why the token was refused.
     pub reason: &'static str,
@@ -240,7 +242,11 @@ impl Telemetry {
         if self.inner.off {
             return;
         }
-        let decision = if o.allowed { "allow" } else { "deny" };
+        let (decision, verdict) = match (o.allowed, o.would_deny) {
+            (_, true) => ("would_deny", AuditDecision::WouldDeny),
+            (true, false) => ("allow", AuditDecision::Allow),
+            (false, false) => ("deny", AuditDecision::Deny),
+        };
         self.inner.metrics.http_request(
             p.listener.clone(),
             p.peer_label.clone(),
@@ -252,11 +258,7 @@ impl Telemetry {
             listener: Some(p.listener.clone()),
             peer_id: Some(p.peer.to_string()),
             peer_addr: Some(peer_addr),
-            decision: Some(if o.allowed {
-                AuditDecision::Allow
-            } else {
-                AuditDecision::Deny
-            }),
+            decision: Some(verdict),
             rule: o.route.map(|i| format!("route[{i}]")),
             reason: Some(o.reason.to_owned()),
             policy_version: Some(self.inner.metrics.policy_version()),
@@ -388,7 +390,9 @@ impl Telemetry {
             listener: Some(p.listener.clone()),
             peer_id: Some(p.peer.to_string()),
             peer_addr: Some(peer_addr),
-            decision: Some(if decision.allowed {
+            decision: Some(if decision.would_deny {
+                AuditDecision::WouldDeny
+            } else if decision.allowed {
                 AuditDecision::Allow
             } else {
                 AuditDecision::Deny

@@ -40,6 +40,10 @@ pub struct WatchTarget {
 struct CacheFile {
     version: u64,
     policy: Option<WorkloadPolicy>,
+    /// The quarantine list that came with it: a restart while the control plane is away
+    /// must not let a quarantined identity back in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    quarantined: Vec<String>,
 }
 
 /// What the last-known-good cache holds for one workload.
@@ -78,6 +82,7 @@ pub fn load_cache(path: &Path, me: &SpiffeId) -> CacheLoad {
     }
     CacheLoad::Usable(Box::new(
         PolicySnapshot::compile(cache.policy.as_ref(), PolicySource::Cache)
+            .with_quarantine(cache.quarantined.iter().map(String::as_str))
             .with_version(cache.version),
     ))
 }
@@ -111,11 +116,20 @@ pub(crate) fn enforce_cache(shared: &Shared, path: &Path, me: &SpiffeId) {
     }
 }
 
-fn write_cache(path: &Path, version: u64, policy: Option<WorkloadPolicy>) -> std::io::Result<()> {
+fn write_cache(
+    path: &Path,
+    version: u64,
+    policy: Option<WorkloadPolicy>,
+    quarantined: Vec<String>,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let bytes =
-        serde_json::to_vec_pretty(&CacheFile { version, policy }).map_err(std::io::Error::other)?;
+    let bytes = serde_json::to_vec_pretty(&CacheFile {
+        version,
+        policy,
+        quarantined,
+    })
+    .map_err(std::io::Error::other)?;
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
@@ -149,7 +163,9 @@ fn compile(
     };
     match convert::from_proto(wire) {
         Ok(policy) if me.is_none_or(|me| &policy.spiffe_id == me) => {
-            let compiled = PolicySnapshot::compile(Some(&policy), PolicySource::ControlPlane);
+            let compiled = PolicySnapshot::compile(Some(&policy), PolicySource::ControlPlane)
+                .with_quarantine(snapshot.quarantined.iter().map(String::as_str))
+                .with_version(snapshot.version);
             (compiled, Some(policy), PolicyOutcome::Applied)
         }
         Ok(policy) => {
@@ -272,8 +288,11 @@ async fn watch_once(
             shared.apply_policy(compiled, result);
             *applied = Some(version);
             if let Some(path) = target.cache.clone() {
-                let written =
-                    tokio::task::spawn_blocking(move || write_cache(&path, version, policy)).await;
+                let quarantined = snapshot.quarantined.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    write_cache(&path, version, policy, quarantined)
+                })
+                .await;
                 if let Ok(Err(e)) | Err(e) = written.map_err(std::io::Error::other) {
                     tracing::warn!(error = %e, "cannot write the policy cache; enforcement is unaffected");
                 }
@@ -359,6 +378,7 @@ mod tests {
             present: true,
             policy: Some(convert::to_proto(&foreign)),
             version: 7,
+            quarantined: Vec::new(),
         };
         let allowed = |s: &PolicySnapshot| {
             s.decide(warden_policy::Direction::Inbound, "http", &peer)
@@ -399,7 +419,7 @@ mod tests {
             .expect("policy")
             .remove(0);
         policy.version = 9;
-        write_cache(&path, 9, Some(policy.clone())).expect("write");
+        write_cache(&path, 9, Some(policy.clone()), Vec::new()).expect("write");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
@@ -420,6 +440,13 @@ mod tests {
         assert!(
             matches!(load_cache(&path, &other), CacheLoad::Foreign { written_for } if written_for == me)
         );
+        // The quarantine list is cached with the policy and enforced from the cache.
+        write_cache(&path, 9, Some(policy.clone()), vec![peer.to_string()]).expect("write");
+        let CacheLoad::Usable(snap) = load_cache(&path, &me) else {
+            panic!("own cache not usable");
+        };
+        let d = snap.decide(warden_policy::Direction::Inbound, "http", &peer);
+        assert_eq!(d.reason, warden_policy::Reason::Quarantined);
         std::fs::write(&path, b"{not json").expect("w");
         assert!(matches!(load_cache(&path, &me), CacheLoad::Damaged(_)));
         std::fs::remove_file(&path).expect("rm");

@@ -62,6 +62,7 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Bo
                 ctx.peer_addr,
                 &HttpOutcome {
                     allowed: false,
+                    would_deny: false,
                     reason: "bad_path",
                     route: None,
                     user: None,
@@ -106,6 +107,7 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Bo
         ctx.peer_addr,
         &HttpOutcome {
             allowed: true,
+            would_deny: decision.would_deny,
             reason: decision.reason.as_label(),
             route: decision.route,
             user: user.as_deref(),
@@ -206,6 +208,7 @@ fn deny(
         ctx.peer_addr,
         &HttpOutcome {
             allowed: false,
+            would_deny: false,
             reason: decision.reason.as_label(),
             route: None,
             user,
@@ -246,6 +249,7 @@ fn refuse(
         ctx.peer_addr,
         &HttpOutcome {
             allowed: false,
+            would_deny: false,
             reason,
             route: None,
             user: None,
