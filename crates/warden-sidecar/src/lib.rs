@@ -154,11 +154,7 @@ impl Sidecar {
         };
         let jwt =
             Arc::new(jwks::Jwt::start(&config.jwt, &config.identity, &shared.telemetry).await?);
-        let tokens: Arc<dyn l7::Tokens> = if config.jwt.is_empty() {
-            Arc::new(l7::NoTokens)
-        } else {
-            jwt.clone()
-        };
+        let tokens = jwt.clone();
         let mut inbound_addrs = Vec::new();
         // Captured inbound connections, by the app port they were for.
         let mut by_port = std::collections::HashMap::new();

@@ -5,7 +5,7 @@
 //! 1. the path is normalized ([`warden_policy::normalize_path`]); an ambiguous one is 400;
 //! 2. the listener's routes decide (`PolicySnapshot::decide_request`): path prefix,
 //!    method, calling workload, and the end user's token from `Authorization: Bearer`,
-//!    validated by the named `[[jwt]]` issuer ([`Tokens`]);
+//!    validated by the named `[[jwt]]` issuer (`jwks::Jwt`);
 //! 3. a denial is answered here (401 with `WWW-Authenticate: Bearer`, or 403), counted
 //!    (`warden_http_requests_total`) and audited with the user's `sub`, method and path;
 //! 4. an allowed request goes to the app ([`upstream`]) with the normalized path, the
@@ -34,7 +34,6 @@ use crate::registry::CloseReason;
 use crate::shared::Shared;
 use crate::telemetry::PeerLabels;
 
-pub(crate) use request::{NoTokens, Tokens};
 pub(crate) use upstream::AppClient;
 
 /// Largest request head (request line and headers) accepted; larger is 431 (HTTP/1.1)
@@ -47,7 +46,7 @@ pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct HttpSettings {
     pub forward_client_cert: ForwardClientCert,
     pub app_protocol: AppProtocol,
-    pub tokens: Arc<dyn Tokens>,
+    pub tokens: Arc<crate::jwks::Jwt>,
 }
 
 /// One HTTP connection's context, shared by its requests.

@@ -14,27 +14,8 @@ use crate::telemetry::HttpOutcome;
 
 pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// Validates end users' tokens for the routes: the sidecar's `[[jwt]]` issuers.
-pub(crate) trait Tokens: Send + Sync {
-    /// The token's claims, or why it is refused (a metric `reason` label such as
-    /// `expired`). An issuer name the sidecar does not know is refused too.
-    fn validate(&self, issuer: &str, token: &str) -> Result<warden_jwt::Claims, &'static str>;
-}
-
-impl Tokens for crate::jwks::Jwt {
-    fn validate(&self, issuer: &str, token: &str) -> Result<warden_jwt::Claims, &'static str> {
-        crate::jwks::Jwt::validate(self, issuer, token).map_err(|e| e.as_label())
-    }
-}
-
-/// No `[[jwt]]` configured: every token is refused.
-pub(crate) struct NoTokens;
-
-impl Tokens for NoTokens {
-    fn validate(&self, _: &str, _: &str) -> Result<warden_jwt::Claims, &'static str> {
-        Err("unknown_issuer")
-    }
-}
+/// One request's verdicts on its token, per `[[jwt]]` issuer name.
+type Verdicts = Vec<(String, Result<warden_jwt::Claims, &'static str>)>;
 
 static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
@@ -85,7 +66,33 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Bo
     }
     let token = bearer(req.headers());
     let mut user: Option<String> = None;
-    let mut checked: Vec<(String, Result<warden_jwt::Claims, &'static str>)> = Vec::new();
+    // The token is checked against every issuer this listener's routes name, before the
+    // (synchronous) decision, so that a token whose `kid` is new to a JWKS URL issuer can
+    // wait for the refetch instead of being refused once.
+    let mut checked: Verdicts = Vec::new();
+    if let Ok(token) = token {
+        let issuers: Vec<String> = {
+            let policy = ctx.shared.policy.load();
+            let mut names: Vec<String> = policy
+                .routes()
+                .iter()
+                .filter(|r| *r.listener == *ctx.listener)
+                .filter_map(|r| r.users.as_ref().map(|u| u.jwt.clone()))
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+        };
+        for issuer in issuers {
+            let verdict = ctx
+                .settings
+                .tokens
+                .validate_fresh(&issuer, token)
+                .await
+                .map_err(|e| e.as_label());
+            checked.push((issuer, verdict));
+        }
+    }
     let policy = ctx.shared.policy.load();
     let decision = policy.decide_request(&ctx.listener, &ctx.peer, &method, &path, &mut |req| {
         check_user(ctx, req, token, &mut checked, &mut user)
@@ -139,7 +146,7 @@ fn check_user(
     ctx: &ConnCtx,
     req: &UserRequirement,
     token: Result<&str, &'static str>,
-    checked: &mut Vec<(String, Result<warden_jwt::Claims, &'static str>)>,
+    checked: &mut Verdicts,
     user: &mut Option<String>,
 ) -> UserCheck {
     let token = match token {
@@ -149,7 +156,11 @@ fn check_user(
     let verdict = match checked.iter().position(|(issuer, _)| issuer == &req.jwt) {
         Some(i) => &checked[i].1,
         None => {
-            let v = ctx.settings.tokens.validate(&req.jwt, token);
+            let v = ctx
+                .settings
+                .tokens
+                .validate(&req.jwt, token)
+                .map_err(|e| e.as_label());
             checked.push((req.jwt.clone(), v));
             &checked[checked.len() - 1].1
         }
