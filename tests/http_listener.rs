@@ -208,6 +208,11 @@ path_prefix = "/stream/"
 
 impl Stack {
     async fn start() -> Self {
+        Self::start_with("", "").await
+    }
+
+    /// `listener` is appended to the http listener's table, `extra` to the config.
+    async fn start_with(listener: &str, extra: &str) -> Self {
         let ca = Ca::new(TD);
         let idp = Idp::new();
         let app = App::start().await;
@@ -230,6 +235,7 @@ forward = "{app}"
 protocol = "http"
 forward_client_cert = "sanitize_set"
 allow = ["{peer}"]
+{listener}
 [[jwt]]
 name = "corp-idp"
 issuer = "{ISSUER}"
@@ -237,6 +243,7 @@ audiences = ["{AUDIENCE}"]
 jwks_file = "{jwks}"
 [audit]
 path = "{audit}"
+{extra}
 "#,
             app = app.addr,
             peer = id("/ns/rag/sa/app"),
@@ -689,5 +696,61 @@ async fn bad_input_is_refused_and_the_next_request_served() {
     );
     let mut c = stack.client(b"h2").await;
     let (status, _, _) = c.get("/docs/finance/x", Some(&finance), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// `app_protocol = "h2c"`: the app is spoken to in HTTP/2 without TLS, whatever the client
+/// spoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_is_spoken_to_in_h2c_when_configured() {
+    let stack = Stack::start_with("app_protocol = \"h2c\"", "").await;
+    let finance = stack.idp.token(&stack.idp.claims("alice", &["finance"]));
+    let mut c = stack.client(b"http/1.1").await;
+    for _ in 0..3 {
+        let (status, _, _) = c.get("/docs/finance/q3.pdf", Some(&finance), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(stack.app.last().await["version"], "HTTP/2.0");
+    }
+}
+
+/// Slowloris on headers: a client that never finishes its request head is closed after
+/// `limits.handshake_timeout`, and others are served meanwhile and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_never_ends_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start_with("", "[limits]\nhandshake_timeout = \"1s\"").await;
+    let finance = stack.idp.token(&stack.idp.claims("alice", &["finance"]));
+    let svid = stack.ca.svid(&id("/ns/rag/sa/app"));
+    let config = common::raw_client_config(
+        Some((&svid.chain, svid.key_der())),
+        &[&rustls::version::TLS13],
+    );
+    let tcp = TcpStream::connect(stack.addr).await.expect("connect");
+    let mut slow = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("retriever").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("mTLS handshake");
+    slow.write_all(b"GET /docs/finance/q3.pdf HTTP/1.1\r\nhost: retriever\r\nx-slow: ")
+        .await
+        .expect("partial head");
+    // Meanwhile another client is served.
+    let mut c = stack.client(b"http/1.1").await;
+    let (status, _, _) = c.get("/docs/finance/q3.pdf", Some(&finance), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the slow client was never closed");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    // A new connection is served afterwards (an idle keep-alive connection is closed after
+    // the same timeout, so `c` may be gone by now).
+    let mut c = stack.client(b"http/1.1").await;
+    let (status, _, _) = c.get("/docs/finance/q3.pdf", Some(&finance), &[]).await;
     assert_eq!(status, StatusCode::OK);
 }

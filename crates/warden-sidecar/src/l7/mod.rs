@@ -22,7 +22,6 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,8 +38,6 @@ pub(crate) use upstream::AppClient;
 /// Largest request head (request line and headers) accepted; larger is 431 (HTTP/1.1)
 /// or a stream reset (HTTP/2). A 1 MiB token never gets near a validator.
 pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// How long a client may take to send a request head (slowloris on headers).
-pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTP settings of one inbound listener.
 pub(crate) struct HttpSettings {
@@ -77,7 +74,9 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // A request head must arrive within `limits.handshake_timeout` (slowloris on
+        // headers): the same patience as for the TLS handshake that came before it.
+        .header_read_timeout(ctx.shared.limits.handshake_timeout)
         .max_buf_size(MAX_HEADER_BYTES.max(8192));
     builder
         .http2()
