@@ -13,7 +13,9 @@ use warden_config::{Errors, RawIdentity, parse_duration, read_config_file};
 use warden_identity::IdentityConfig;
 use warden_identity::{SpiffeId, TrustDomain};
 
+mod insight;
 mod store;
+pub use insight::{AdminConfig, DEFAULT_ADMIN_LISTEN};
 pub use store::{EtcdConfig, StoreConfig, endpoint_authority};
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +36,12 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     store: store::RawStore,
+    #[serde(default)]
+    edges: insight::RawEdges,
+    #[serde(default)]
+    anomaly: insight::RawAnomaly,
+    #[serde(default)]
+    admin: insight::RawAdmin,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,7 +117,7 @@ impl Default for ControlLimits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ControlPlaneConfig {
     pub trust_domain: TrustDomain,
     pub listen: SocketAddr,
@@ -120,6 +128,12 @@ pub struct ControlPlaneConfig {
     pub workload_api: Vec<WorkloadRegistration>,
     pub limits: ControlLimits,
     pub store: StoreConfig,
+    /// `[edges]`: the sidecars' edge reports.
+    pub edges: crate::insight::EdgesConfig,
+    /// `[anomaly]`: the rules run on them.
+    pub anomaly: crate::insight::anomaly::AnomalyConfig,
+    /// `[admin]`: the HTTP admin listener.
+    pub admin: AdminConfig,
 }
 
 impl ControlPlaneConfig {
@@ -246,6 +260,9 @@ impl ControlPlaneConfig {
             )?,
         };
         let store = store::store_config(&at, raw.store)?;
+        let edges = insight::edges(&at, raw.edges)?;
+        let anomaly = insight::anomaly(&at, raw.anomaly)?;
+        let admin = insight::admin(&at, raw.admin)?;
         Ok(Self {
             trust_domain,
             listen,
@@ -256,6 +273,9 @@ impl ControlPlaneConfig {
             workload_api,
             limits,
             store,
+            edges,
+            anomaly,
+            admin,
         })
     }
 }

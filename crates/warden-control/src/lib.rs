@@ -58,6 +58,7 @@ pub mod etcd;
 mod fanout;
 pub mod grpc_limits;
 mod h2_authority;
+pub mod insight;
 pub mod policy_service;
 pub mod server;
 pub mod store;

@@ -23,6 +23,7 @@ use warden_identity::peer_share::PeerCounts;
 
 use crate::fanout::Fanout;
 use crate::grpc_limits::{ConnInfo, Gate, LogBudget, MethodLimits, Permit};
+use crate::insight::Insight;
 use crate::store::{PolicyStore, StoreError};
 use crate::transport::Caller;
 
@@ -34,11 +35,16 @@ const ADMIN_ONLY: &[&str] = &[
     "/warden.control.v1.PolicyService/ListPolicies",
     "/warden.control.v1.PolicyService/History",
     "/warden.control.v1.PolicyService/Status",
+    "/warden.control.v1.PolicyService/Observed",
+    "/warden.control.v1.PolicyService/Anomalies",
+    "/warden.control.v1.PolicyService/Quarantine",
+    "/warden.control.v1.PolicyService/Release",
 ];
 
 /// The largest request message of each method. A policy may be large and is written by an
-/// admin (authorized before its body is read); everything else names one workload or
-/// nothing, and a watch request is a hello or an ack.
+/// admin (authorized before its body is read); a watch request is a hello, an ack or an
+/// edge report (which the sidecars cut to 192 KiB); everything else names one workload or
+/// nothing.
 pub fn method_limits() -> MethodLimits {
     const SMALL: usize = 8 * 1024;
     MethodLimits::new(
@@ -53,7 +59,11 @@ pub fn method_limits() -> MethodLimits {
             ("/warden.control.v1.PolicyService/ListPolicies", SMALL),
             ("/warden.control.v1.PolicyService/History", SMALL),
             ("/warden.control.v1.PolicyService/Status", SMALL),
-            ("/warden.control.v1.PolicyService/WatchPolicy", SMALL),
+            ("/warden.control.v1.PolicyService/WatchPolicy", 256 * 1024),
+            ("/warden.control.v1.PolicyService/Observed", SMALL),
+            ("/warden.control.v1.PolicyService/Anomalies", SMALL),
+            ("/warden.control.v1.PolicyService/Quarantine", SMALL),
+            ("/warden.control.v1.PolicyService/Release", SMALL),
         ],
     )
 }
@@ -94,9 +104,10 @@ pub struct PolicyApi {
     admins: HashSet<SpiffeId>,
     hub: Arc<Hub>,
     fanout: Fanout,
+    insight: Arc<Insight>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -186,7 +197,14 @@ impl PolicyApi {
             store,
             admins: admins.into_iter().collect(),
             hub: Arc::new(Hub::default()),
+            insight: Arc::new(Insight::new(Default::default(), now_ms())),
         })
+    }
+
+    /// Feeds edge reports to `insight` (instead of a private one with default bounds).
+    pub fn with_insight(mut self, insight: Arc<Insight>) -> Self {
+        self.insight = insight;
+        self
     }
 
     /// The gate `grpc_limits::GuardLayer` applies before reading a request body: the
@@ -405,9 +423,27 @@ impl PolicyService for PolicyApi {
         // is removed when the response stream is dropped.
         let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Status>();
         let hub = self.hub.clone();
+        let insight = self.insight.clone();
+        let reporter: Arc<str> = Arc::from(id.as_str());
         tokio::spawn(async move {
+            let mut last_report: Option<std::time::Instant> = None;
             loop {
                 match requests.message().await {
+                    Ok(Some(pb::WatchRequest {
+                        msg: Some(pb::watch_request::Msg::EdgeReport(report)),
+                    })) => {
+                        // At most one report per min_report_interval per watch: a sidecar
+                        // that sends more only has the extra ones dropped.
+                        let now = std::time::Instant::now();
+                        if last_report
+                            .is_some_and(|t| now.duration_since(t) < insight.min_report_interval())
+                        {
+                            insight.refuse_report();
+                            continue;
+                        }
+                        last_report = Some(now);
+                        insight.ingest(&reporter, &report, now_ms());
+                    }
                     Ok(Some(msg)) => {
                         let mut sessions = lock(&hub.sessions);
                         let Some(session) = sessions.get_mut(&session_id) else {
@@ -420,8 +456,7 @@ impl PolicyService for PolicyApi {
                             Some(pb::watch_request::Msg::Ack(a)) => {
                                 session.applied_version = a.applied_version
                             }
-                            Some(pb::watch_request::Msg::EdgeReport(_)) => {}
-                            None => {}
+                            Some(pb::watch_request::Msg::EdgeReport(_)) | None => {}
                         }
                     }
                     Ok(None) => return,
@@ -453,9 +488,25 @@ impl PolicyService for PolicyApi {
 
     async fn observed(
         &self,
-        _req: Request<pb::ObservedRequest>,
+        req: Request<pb::ObservedRequest>,
     ) -> Result<Response<pb::ObservedResponse>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let caller = Self::caller(&req)?;
+        self.authorize(&caller, "Observed", None)?;
+        let body = req.into_inner();
+        if !body.spiffe_id.is_empty() {
+            Self::target(&body.spiffe_id)?;
+        }
+        let now = now_ms();
+        let since = if body.since_ms == 0 {
+            0
+        } else {
+            now.saturating_sub(body.since_ms)
+        };
+        Ok(Response::new(self.insight.observed(
+            &body.spiffe_id,
+            since,
+            now,
+        )))
     }
 
     async fn anomalies(

@@ -50,6 +50,7 @@ pub struct ControlPlane {
     server: Option<JoinHandle<()>>,
     identity_task: JoinHandle<()>,
     extras: Vec<Box<dyn std::any::Any + Send>>,
+    insight: Arc<crate::insight::Insight>,
 }
 
 impl Drop for ControlPlane {
@@ -150,7 +151,13 @@ impl ControlPlane {
         store: Arc<dyn PolicyStore>,
     ) -> Result<Self, StartError> {
         let described = store.describe();
-        let api = PolicyApi::start(store, config.admins.iter().cloned()).await?;
+        let insight = Arc::new(crate::insight::Insight::new(
+            config.edges,
+            crate::policy_service::now_ms(),
+        ));
+        let api = PolicyApi::start(store, config.admins.iter().cloned())
+            .await?
+            .with_insight(insight.clone());
         let identity = IdentityStore::new();
         let identity_task = tokio::spawn(follow(source, identity.clone()));
         let listener =
@@ -206,11 +213,17 @@ impl ControlPlane {
             server: Some(server),
             identity_task,
             extras: Vec::new(),
+            insight,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What the control plane learned from the sidecars' edge reports.
+    pub fn insight(&self) -> &Arc<crate::insight::Insight> {
+        &self.insight
     }
 
     pub fn identity(&self) -> &Arc<IdentityStore> {

@@ -19,6 +19,7 @@ pub mod model;
 pub mod pattern;
 pub mod route;
 pub mod snapshot;
+pub mod suggest;
 pub mod wire;
 
 pub use file::{Format, PolicyFileError, parse_policy_file, parse_policy_file_as, to_toml};

@@ -52,6 +52,9 @@ struct RawPolicy {
     control_plane: Option<crate::control::urls::RawControlPlane>,
     control_plane_id: Option<String>,
     cache: Option<PathBuf>,
+    edge_reports: Option<bool>,
+    report_interval: Option<String>,
+    report_max_edges: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,12 +129,31 @@ struct RawLimits {
     workers: Option<usize>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     /// The control plane's replicas (empty: none); the watch fails over between them.
     pub control_plane: Vec<String>,
     pub control_plane_id: Option<SpiffeId>,
     pub cache: Option<PathBuf>,
+    /// Report edge counts to the control plane (under a control plane only).
+    pub edge_reports: bool,
+    /// At most one edge report per interval.
+    pub report_interval: Duration,
+    /// Distinct edges counted between two reports; past it, peers count as `other`.
+    pub report_max_edges: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            control_plane: Vec::new(),
+            control_plane_id: None,
+            cache: None,
+            edge_reports: true,
+            report_interval: Duration::from_secs(10),
+            report_max_edges: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,6 +424,27 @@ impl Validator<'_> {
                 raw.policy.control_plane,
             )?,
             cache: raw.policy.cache,
+            edge_reports: raw.policy.edge_reports.unwrap_or(true),
+            report_interval: match raw.policy.report_interval.as_deref() {
+                None => PolicyConfig::default().report_interval,
+                Some(t) => match parse_duration(t) {
+                    Ok(d) if d >= Duration::from_millis(50) => d,
+                    Ok(_) => {
+                        return Err(self.e("policy.report_interval", "must be at least 50ms"));
+                    }
+                    Err(p) => return Err(self.e("policy.report_interval", p)),
+                },
+            },
+            report_max_edges: match raw.policy.report_max_edges {
+                None => PolicyConfig::default().report_max_edges,
+                Some(n @ 1..=10_000) => n,
+                Some(n) => {
+                    return Err(self.e(
+                        "policy.report_max_edges",
+                        format!("{n} is not between 1 and 10000"),
+                    ));
+                }
+            },
         };
         let capture = self.capture(raw.capture)?;
         let inbound = self.inbound(raw.inbound, &capture)?;
@@ -559,6 +602,29 @@ mod tests {
             &format!("{base}control_plane = \"https://cp:7443\"\n"),
         )
         .expect("valid");
+    }
+
+    #[test]
+    fn edge_report_settings_default_and_name_their_errors() {
+        let base = "trust_domain = \"example.org\"\n[identity]\nsource = \"files\"\ncert = \"c\"\nkey = \"k\"\nbundle = \"b\"\n[[inbound]]\nname = \"h\"\nlisten = \"127.0.0.1:0\"\nforward = \"127.0.0.1:1\"\n[policy]\ncontrol_plane = \"https://cp:7443\"\n";
+        let parsed = |extra: &str| SidecarConfig::from_toml("f.toml", &format!("{base}{extra}"));
+        let c = parsed("").expect("valid");
+        assert!(c.policy.edge_reports);
+        assert_eq!(c.policy.report_interval, Duration::from_secs(10));
+        assert_eq!(c.policy.report_max_edges, 256);
+        let c = parsed("edge_reports = false\nreport_interval = \"100ms\"\nreport_max_edges = 8\n")
+            .expect("valid");
+        assert!(!c.policy.edge_reports);
+        assert_eq!(c.policy.report_interval, Duration::from_millis(100));
+        assert_eq!(c.policy.report_max_edges, 8);
+        for (extra, key) in [
+            ("report_interval = \"1ms\"\n", "policy.report_interval"),
+            ("report_interval = \"soon\"\n", "policy.report_interval"),
+            ("report_max_edges = 0\n", "policy.report_max_edges"),
+            ("report_max_edges = 10001\n", "policy.report_max_edges"),
+        ] {
+            assert_eq!(parsed(extra).expect_err(extra).key, key);
+        }
     }
 
     /// Fuzz regression: `""=""""""` (an unknown, empty key) produced an error with an

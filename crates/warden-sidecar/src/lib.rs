@@ -13,6 +13,7 @@ pub mod audit;
 mod capture;
 pub mod config;
 pub mod control;
+pub mod edges;
 mod flow;
 mod identity;
 mod inbound;
@@ -294,6 +295,19 @@ impl Sidecar {
             .flatten();
         let identity_task = tokio::spawn(identity::follow_identity(source, shared.clone(), cache));
         let urls = &config.policy.control_plane;
+        let reporting = (!urls.is_empty() && config.policy.edge_reports).then(|| {
+            let edges = Arc::new(edges::Edges::new(config.policy.report_max_edges));
+            shared.telemetry.report_edges(edges.clone());
+            let reporting = Arc::new(control::report::Reporting::new(
+                edges,
+                config.policy.report_interval,
+            ));
+            watch_tasks.push(tokio::spawn(control::report::report_loop(
+                reporting.clone(),
+                shared.telemetry.clone(),
+            )));
+            reporting
+        });
         let watch_task = (!urls.is_empty()).then(|| {
             let target = control::WatchTarget {
                 urls: urls.clone(),
@@ -303,6 +317,7 @@ impl Sidecar {
                     .clone()
                     .unwrap_or_else(|| default_control_plane_id(&config.trust_domain)),
                 cache: config.policy.cache.clone(),
+                reporting,
             };
             tokio::spawn(control::watch_loop(shared.clone(), target))
         });

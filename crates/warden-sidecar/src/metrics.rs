@@ -167,6 +167,7 @@ pub struct Metrics {
     control_plane_connected: Gauge,
     jwks_reloads: Family<JwksLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
+    edge_reports: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -197,6 +198,7 @@ impl Metrics {
             control_plane_connected: Gauge::default(),
             jwks_reloads: Family::default(),
             http_requests: Family::default(),
+            edge_reports: Family::default(),
         };
         // Counters get their `_total` suffix from the encoder (OpenMetrics rule).
         let r = &mut m.registry;
@@ -267,6 +269,11 @@ impl Metrics {
             m.http_requests.clone(),
         );
         r.register(
+            "warden_edge_reports",
+            "Edge reports to the control plane (sent, or dropped: no watch stream up, or its queue full)",
+            m.edge_reports.clone(),
+        );
+        r.register(
             "warden_build",
             "Build information",
             Info::new(VersionLabel {
@@ -283,6 +290,13 @@ impl Metrics {
                 issuer: issuer.clone(),
                 result,
             })
+            .inc();
+    }
+
+    /// An edge report was handed to the watch stream (`sent`) or dropped (`dropped`).
+    pub(crate) fn edge_report(&self, result: &'static str) {
+        self.edge_reports
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 

@@ -8,13 +8,14 @@
 //! [`Telemetry::peer`], and keeps the handles), and never record key material.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, UNIX_EPOCH};
 
 use warden_identity::{HandshakeFailure, Identity, SpiffeId};
 use warden_policy::{Decision, Direction, Reason};
 
 use crate::audit::{AuditDecision, AuditEvent, AuditLog, Record};
+use crate::edges::{EdgeKey, Edges};
 use crate::metrics::{ConnMeters, Metrics, UNKNOWN_PEER};
 use crate::registry::CloseReason;
 
@@ -82,6 +83,8 @@ struct Inner {
     off: bool,
     /// The SPIFFE ID whose expiry the gauge currently shows (replaced on an ID change).
     svid_id: Mutex<Option<Arc<str>>>,
+    /// Edge counts for the control plane, when the sidecar reports them.
+    edges: OnceLock<Arc<Edges>>,
 }
 
 /// A connection's labels, resolved once when its peer is known.
@@ -91,8 +94,9 @@ pub struct PeerLabels {
     listener: Arc<str>,
     /// Capped label value (may be `other`).
     peer_label: Arc<str>,
-    /// The full identity (a SPIFFE ID, or an egress SNI name), for audit records.
-    peer: Box<str>,
+    /// The full identity (a SPIFFE ID, or an egress SNI name), for audit records and edge
+    /// counts.
+    peer: Arc<str>,
 }
 
 /// One HTTP request's outcome, for [`Telemetry::http_request`].
@@ -145,7 +149,35 @@ impl Telemetry {
                 audit,
                 off: false,
                 svid_id: Mutex::new(None),
+                edges: OnceLock::new(),
             }),
+        }
+    }
+
+    /// Counts every decision from now on per edge into `edges`, for the control plane.
+    /// Set once, at start-up; a second call is ignored.
+    pub fn report_edges(&self, edges: Arc<Edges>) {
+        let _ = self.inner.edges.set(edges);
+    }
+
+    fn edge(
+        &self,
+        p: &PeerLabels,
+        decision: &'static str,
+        reason: &'static str,
+        http: bool,
+        route: Option<usize>,
+    ) {
+        if let Some(edges) = self.inner.edges.get() {
+            edges.record(EdgeKey {
+                direction: p.direction,
+                listener: p.listener.clone(),
+                peer: p.peer.clone(),
+                decision,
+                reason,
+                http,
+                route: route.and_then(|r| u32::try_from(r).ok()),
+            });
         }
     }
 
@@ -159,6 +191,7 @@ impl Telemetry {
                 audit: AuditLog::disabled(),
                 off: true,
                 svid_id: Mutex::new(None),
+                edges: OnceLock::new(),
             }),
         }
     }
@@ -253,6 +286,7 @@ impl Telemetry {
             decision,
             o.reason,
         );
+        self.edge(p, decision, o.reason, true, o.route);
         self.inner.audit.emit(Record {
             direction: Some(p.direction),
             listener: Some(p.listener.clone()),
@@ -384,6 +418,7 @@ impl Telemetry {
             verdict,
             decision.reason.as_label(),
         );
+        self.edge(p, verdict, decision.reason.as_label(), false, None);
         tracing::debug!(direction = p.direction, listener = &*p.listener, conn_id, %peer_addr, peer_id = &*p.peer, decision = verdict, reason = decision.reason.as_label(), policy_version, "authorization decision");
         self.inner.audit.emit(Record {
             direction: Some(p.direction),
@@ -578,6 +613,14 @@ impl Telemetry {
             return;
         }
         self.inner.metrics.set_policy_version(version);
+    }
+
+    /// `warden_edge_reports_total{result}`: an edge report was sent or dropped.
+    pub fn edge_report(&self, result: &'static str) {
+        if self.inner.off {
+            return;
+        }
+        self.inner.metrics.edge_report(result);
     }
 
     /// `warden_control_plane_connected`: set by the control-plane watch client.

@@ -8,6 +8,7 @@ mod demo;
 mod init;
 mod inject;
 mod policy;
+mod policy_insight;
 mod sidecar;
 mod top;
 

@@ -69,6 +69,36 @@ enum PolicyCommand {
     History { spiffe_id: String },
     /// Connected sidecars and the policy version each has applied.
     Status,
+    /// Print a policy file (TOML) of the edges the sidecars reported: what was allowed, or
+    /// would have been denied in audit mode, becomes an allow. Review it, then `put` it.
+    Suggest {
+        /// Only this workload's policy (default: every workload that reported).
+        #[arg(long, value_name = "SPIFFE_ID")]
+        workload: Option<String>,
+        /// Only edges seen within this long (e.g. 1h, 30m; default: all kept).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+    },
+    /// What the anomaly rules flagged, and who is in quarantine.
+    Anomalies {
+        /// Only anomalies of the last DURATION (default: all kept).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+    },
+    /// Deny an identity everywhere (every sidecar refuses it inbound, its own sidecar its
+    /// outbound), revoking its open connections, until `release`.
+    Quarantine {
+        spiffe_id: String,
+        /// Why (kept in the history and the audit log).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Lift a quarantine.
+    Release {
+        spiffe_id: String,
+        #[arg(long, value_name = "TEXT", default_value = "released by an admin")]
+        reason: String,
+    },
 }
 
 async fn load_identity(args: &Args) -> anyhow::Result<Arc<IdentityStore>> {
@@ -108,7 +138,7 @@ async fn load_identity(args: &Args) -> anyhow::Result<Arc<IdentityStore>> {
 }
 
 /// Words a person understands for each failure, and a non-zero exit.
-fn explain(status: tonic::Status, url: &str) -> anyhow::Error {
+pub(crate) fn explain(status: tonic::Status, url: &str) -> anyhow::Error {
     let msg = status.message();
     match status.code() {
         Code::Unavailable => anyhow!("control plane unreachable at {url}: {msg}"),
@@ -121,7 +151,7 @@ fn explain(status: tonic::Status, url: &str) -> anyhow::Error {
     }
 }
 
-fn when(ms: u64) -> String {
+pub(crate) fn when(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
@@ -133,6 +163,12 @@ fn read_policy_file(path: &Path) -> anyhow::Result<Vec<warden_policy::WorkloadPo
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // Validate input before touching the network: a typo should not need a control plane.
+    let since_ms = match &args.command {
+        PolicyCommand::Suggest { since, .. } | PolicyCommand::Anomalies { since } => {
+            crate::policy_insight::since_ms(since.as_deref())?
+        }
+        _ => 0,
+    };
     let file_policies = match &args.command {
         PolicyCommand::Put {
             file,
@@ -243,7 +279,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .map_err(|s| explain(s, url))?
                 .into_inner();
             println!(
-                "{:>8}  {:<20}  {:<6}  {:<50}  RULES",
+                "{:>8}  {:<20}  {:<10}  {:<50}  RULES",
                 "VERSION", "TIME", "ACTION", "ADMIN"
             );
             for e in resp.entries {
@@ -264,14 +300,48 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                         parts.join(" ")
                     })
                     .unwrap_or_default();
+                // Quarantine and release carry no policy: their reason is what to show.
+                let rules = if e.reason.is_empty() {
+                    rules
+                } else {
+                    format!("reason: {}", e.reason)
+                };
                 println!(
-                    "{:>8}  {:<20}  {:<6}  {:<50}  {rules}",
+                    "{:>8}  {:<20}  {:<10}  {:<50}  {rules}",
                     e.version,
                     when(e.at_unix_ms),
                     e.action,
                     e.admin
                 );
             }
+        }
+        PolicyCommand::Suggest { workload, .. } => {
+            crate::policy_insight::suggest(&mut api, url, workload, since_ms).await?;
+        }
+        PolicyCommand::Anomalies { .. } => {
+            crate::policy_insight::anomalies(&mut api, url, since_ms).await?;
+        }
+        PolicyCommand::Quarantine { spiffe_id, reason } => {
+            let resp = api
+                .quarantine(pb::QuarantineRequest {
+                    spiffe_id: spiffe_id.clone(),
+                    reason,
+                })
+                .await
+                .map_err(|s| explain(s, url))?
+                .into_inner();
+            println!("{spiffe_id}: quarantined at version {}", resp.version);
+        }
+        PolicyCommand::Release { spiffe_id, reason } => {
+            let resp = api
+                .release(pb::ReleaseRequest {
+                    spiffe_id: spiffe_id.clone(),
+                    reason,
+                })
+                .await
+                .map_err(|s| explain(s, url))?
+                .into_inner();
+            println!("{spiffe_id}: released at version {}", resp.version);
         }
         PolicyCommand::Status => {
             let resp = api

@@ -8,6 +8,7 @@
 //! here ever widens access on an error.
 
 pub mod client;
+pub mod report;
 pub(crate) mod urls;
 
 use warden_policy::wire as convert;
@@ -33,6 +34,8 @@ pub struct WatchTarget {
     pub urls: Vec<String>,
     pub control_plane_id: SpiffeId,
     pub cache: Option<PathBuf>,
+    /// Edge reports ride on the watch stream while it is up.
+    pub reporting: Option<Arc<report::Reporting>>,
 }
 
 /// The last-known-good cache file: the last snapshot the control plane sent.
@@ -247,6 +250,7 @@ async fn watch_once(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
     shared.telemetry.control_plane_connected(true);
+    let _reports = target.reporting.as_ref().map(|r| r.connect(tx.clone()));
     tracing::info!(url, "watching policy");
     let mut held: Option<pb::PolicySnapshot> = None;
     loop {
