@@ -18,25 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_proto::control::v1 as pb;
 
-/// A sidecar under the control plane at `url`, reporting every 100 ms.
-fn config(url: &str, inbound: Option<SocketAddr>, outbound: &[(&str, SocketAddr, &str)]) -> String {
-    let mut text = format!(
-        "trust_domain = \"{TD}\"\n[identity]\nsource = \"files\"\ncert = \"unused\"\nkey = \"unused\"\nbundle = \"unused\"\n[policy]\ncontrol_plane = \"{url}\"\nreport_interval = \"100ms\"\n"
-    );
-    if let Some(forward) = inbound {
-        text.push_str(&format!(
-            "[[inbound]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n"
-        ));
-    }
-    for (name, connect, server) in outbound {
-        text.push_str(&format!(
-            "[[outbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\nserver_id = \"{}\"\n",
-            id(server)
-        ));
-    }
-    text
-}
-
 /// Whether one connection through `via` is served (echoed) or refused.
 async fn call(via: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect(via).await else {
@@ -50,19 +31,6 @@ async fn call(via: SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf)).await,
         Ok(Ok(_))
     ) && &buf == b"ping"
-}
-
-async fn warden(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(args)
-        .output()
-        .await
-        .expect("run warden");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn audit(workload: &str) -> pb::WorkloadPolicy {
@@ -158,19 +126,19 @@ async fn the_suggested_policy_equals_the_observed_edges_and_changes_no_decision(
     .expect("put");
     let (r_app, v_app) = (EchoApp::start().await, EchoApp::start().await);
     let vectordb = sidecar(
-        &config(&url, Some(v_app.addr), &[]),
+        &reporting_config(&url, Some(v_app.addr), &[]),
         ca.identity(&id("/vectordb"), &[]),
     )
     .await;
     let v_addr = vectordb.inbound_addr("http").expect("v");
     let retriever = sidecar(
-        &config(&url, Some(r_app.addr), &[("vectordb", v_addr, "/vectordb")]),
+        &reporting_config(&url, Some(r_app.addr), &[("vectordb", v_addr, "/vectordb")]),
         ca.identity(&id("/retriever"), &[]),
     )
     .await;
     let r_addr = retriever.inbound_addr("http").expect("r");
     let app = sidecar(
-        &config(&url, None, &[("retriever", r_addr, "/retriever")]),
+        &reporting_config(&url, None, &[("retriever", r_addr, "/retriever")]),
         ca.identity(&id("/app"), &[]),
     )
     .await;
@@ -306,7 +274,7 @@ async fn reports_are_dropped_while_the_control_plane_is_away_and_traffic_flows()
     .expect("put");
     let app = EchoApp::start().await;
     let b = sidecar(
-        &config(&cp.url(), Some(app.addr), &[]),
+        &reporting_config(&cp.url(), Some(app.addr), &[]),
         ca.identity(&id("/vectordb"), &[]),
     )
     .await;

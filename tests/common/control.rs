@@ -22,6 +22,8 @@ pub const ADMIN_PATH: &str = "/warden/admin";
 pub struct CpProcess {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    /// The HTTP admin listener (`/metrics`, `/graph`, ...).
+    pub admin_addr: SocketAddr,
     child: Option<Child>,
     /// `RUST_LOG` of the process.
     log_level: &'static str,
@@ -49,6 +51,7 @@ impl CpProcess {
         std::fs::create_dir_all(&admin).expect("mkdir");
         ca.write_files(&ca.svid(&id(ADMIN_PATH)), &admin);
         let addr = free_port();
+        let admin_addr = free_port();
         let config = format!(
             r#"
 trust_domain = "{TD}"
@@ -62,6 +65,8 @@ key = "{ident}/tls.key"
 bundle = "{ident}/ca.crt"
 [ca]
 enabled = false
+[admin]
+listen = "{admin_addr}"
 {extra}
 "#,
             data = dir.path().join("data").display(),
@@ -72,6 +77,7 @@ enabled = false
         let mut cp = Self {
             dir,
             addr,
+            admin_addr,
             child: None,
             log_level,
         };
@@ -238,5 +244,44 @@ listen = "127.0.0.1:0"
 forward = "{forward}"
 "#,
         cache = cache.display()
+    )
+}
+
+/// A sidecar under the control plane at `url`, reporting edges every 100 ms: an inbound
+/// listener `http` to `inbound` (if any) and the given outbound listeners
+/// `(name, connect, server path)`.
+pub fn reporting_config(
+    url: &str,
+    inbound: Option<SocketAddr>,
+    outbound: &[(&str, SocketAddr, &str)],
+) -> String {
+    let mut text = format!(
+        "trust_domain = \"{TD}\"\n[identity]\nsource = \"files\"\ncert = \"unused\"\nkey = \"unused\"\nbundle = \"unused\"\n[policy]\ncontrol_plane = \"{url}\"\nreport_interval = \"100ms\"\n"
+    );
+    if let Some(forward) = inbound {
+        text.push_str(&format!(
+            "[[inbound]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\nforward = \"{forward}\"\n"
+        ));
+    }
+    for (name, connect, server) in outbound {
+        text.push_str(&format!(
+            "[[outbound]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nconnect = \"{connect}\"\nserver_id = \"{}\"\n",
+            id(server)
+        ));
+    }
+    text
+}
+
+/// `warden ARGS...` as a child process: (success, stdout, stderr).
+pub async fn warden(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .output()
+        .await
+        .expect("run warden");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }

@@ -364,6 +364,62 @@ spiffe_id = "spiffe://example.org/ns/rag/sa/retriever"
     }
 
     #[test]
+    fn anomaly_edges_and_admin_sections_default_and_name_their_errors() {
+        let c = ControlPlaneConfig::from_toml("cp.toml", GOOD).expect("valid");
+        assert_eq!(c.anomaly, crate::insight::anomaly::AnomalyConfig::default());
+        assert_eq!(c.edges, crate::insight::EdgesConfig::default());
+        assert_eq!(
+            c.admin.listen,
+            Some("127.0.0.1:15010".parse().expect("addr"))
+        );
+        assert!(!c.admin.explicit);
+        let set = format!(
+            "{GOOD}[anomaly]\nresponse = \"quarantine\"\nlearning = \"0s\"\nwindow = \"100ms\"\nkinds = [\"deny_burst\"]\nspike_factor = 3.5\n[edges]\nmax_edges = 10\nmin_report_interval = \"50ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+        );
+        let c = ControlPlaneConfig::from_toml("cp.toml", &set).expect("valid");
+        assert_eq!(
+            c.anomaly.response,
+            crate::insight::anomaly::Response::Quarantine
+        );
+        assert_eq!(c.anomaly.learning, Duration::ZERO);
+        assert_eq!(c.anomaly.window, Duration::from_millis(100));
+        assert!(c.anomaly.kinds.deny_burst && !c.anomaly.kinds.new_edge);
+        assert_eq!(c.anomaly.spike_factor, 3.5);
+        assert_eq!(c.edges.max_edges, 10);
+        assert!(c.admin.explicit);
+        let off = format!("{GOOD}[admin]\nenabled = false\n");
+        assert_eq!(
+            ControlPlaneConfig::from_toml("cp.toml", &off)
+                .expect("valid")
+                .admin
+                .listen,
+            None
+        );
+        for (extra, key) in [
+            ("[anomaly]\nresponse = \"block\"\n", "anomaly.response"),
+            ("[anomaly]\nkinds = [\"weird\"]\n", "anomaly.kinds[0]"),
+            ("[anomaly]\nwindow = \"0s\"\n", "anomaly.window"),
+            ("[anomaly]\nspike_factor = 0.5\n", "anomaly.spike_factor"),
+            ("[anomaly]\ndeny_burst = 0\n", "anomaly.deny_burst"),
+            (
+                "[anomaly]\nbaseline_windows = 0\n",
+                "anomaly.baseline_windows",
+            ),
+            ("[edges]\nmax_edges = 0\n", "edges.max_edges"),
+            ("[admin]\nlisten = \"localhost\"\n", "admin.listen"),
+            (
+                "[admin]\nenabled = false\nlisten = \"127.0.0.1:1\"\n",
+                "admin.listen",
+            ),
+            ("[anomaly]\nbogus = 1\n", "anomaly.bogus"),
+        ] {
+            let err =
+                ControlPlaneConfig::from_toml("cp.toml", &format!("{GOOD}{extra}")).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         for (edit, key) in [
             (

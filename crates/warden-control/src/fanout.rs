@@ -7,6 +7,12 @@
 //! changes, so it never goes back. A channel is created from a read of the store (policy and
 //! the revision the read saw) while holding the same lock the feeder takes for each change:
 //! changes the read already reflects are skipped, later ones are applied, none is lost.
+//!
+//! The quarantine list goes into every snapshot: a quarantine or release is pushed to every
+//! channel at once ([`Fanout::set_quarantine`]), with the store revision of that change as
+//! the snapshot's version when it is the latest. Quarantines are not on the change feed
+//! (only the embedded store keeps them, and it has one replica), so the replica that made
+//! the change pushes it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,12 +29,24 @@ use crate::store::{Change, PolicyStore, StoreError};
 
 pub(crate) type Snapshot = Arc<pb::PolicySnapshot>;
 
-pub(crate) fn snapshot_of(policy: Option<&WorkloadPolicy>, revision: u64) -> Snapshot {
+/// The identities in quarantine and the revision of the last quarantine or release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct QuarantineList {
+    pub ids: Vec<String>,
+    pub revision: u64,
+}
+
+pub(crate) fn snapshot_of(
+    policy: Option<&WorkloadPolicy>,
+    revision: u64,
+    quarantine: &QuarantineList,
+) -> Snapshot {
+    let version = policy.map(|p| p.version).unwrap_or(revision);
     Arc::new(pb::PolicySnapshot {
         present: policy.is_some(),
         policy: policy.map(convert::to_proto),
-        version: policy.map(|p| p.version).unwrap_or(revision),
-        quarantined: Vec::new(),
+        version: version.max(quarantine.revision),
+        quarantined: quarantine.ids.clone(),
     })
 }
 
@@ -43,6 +61,7 @@ struct Channels {
     by_workload: HashMap<SpiffeId, Channel>,
     /// The last revision taken from the feed.
     applied: u64,
+    quarantine: QuarantineList,
 }
 
 /// The watch channels and the task that feeds them. Dropping it stops the task.
@@ -62,9 +81,14 @@ impl Fanout {
     /// Starts following the store from its current revision.
     pub(crate) async fn start(store: Arc<dyn PolicyStore>) -> Result<Self, StoreError> {
         let revision = store.revision().await?;
+        let (quarantined, q_revision) = store.quarantined().await?;
         let feed = store.changes(revision).await?;
         let channels = Arc::new(Mutex::new(Channels {
             applied: revision,
+            quarantine: QuarantineList {
+                ids: quarantined.into_iter().map(|q| q.spiffe_id).collect(),
+                revision: q_revision,
+            },
             ..Channels::default()
         }));
         let feeder = tokio::spawn(feed_loop(store.clone(), channels.clone(), feed));
@@ -87,11 +111,28 @@ impl Fanout {
         // Read under the lock: the feeder cannot apply a change meanwhile, and every change
         // it applies later is checked against `as_of`.
         let (policy, as_of) = self.store.get_at(id).await?;
-        let (tx, rx) = watch::channel(snapshot_of(policy.as_ref(), as_of));
+        let (tx, rx) = watch::channel(snapshot_of(policy.as_ref(), as_of, &channels.quarantine));
         channels
             .by_workload
             .insert(id.clone(), Channel { tx, as_of });
         Ok(rx)
+    }
+
+    /// Puts a new quarantine list in every snapshot, now. Lists older than the one in
+    /// place (a slower concurrent change) are ignored.
+    pub(crate) async fn set_quarantine(&self, list: QuarantineList) {
+        let mut channels = self.channels.lock().await;
+        if list.revision < channels.quarantine.revision {
+            return;
+        }
+        for ch in channels.by_workload.values() {
+            let current = ch.tx.borrow().clone();
+            let mut next = (*current).clone();
+            next.quarantined = list.ids.clone();
+            next.version = next.version.max(list.revision);
+            ch.tx.send_replace(Arc::new(next));
+        }
+        channels.quarantine = list;
     }
 }
 
@@ -101,8 +142,11 @@ fn apply(channels: &mut Channels, change: Change) {
         && change.revision > ch.as_of
     {
         ch.as_of = change.revision;
-        ch.tx
-            .send_replace(snapshot_of(change.policy.as_ref(), change.revision));
+        ch.tx.send_replace(snapshot_of(
+            change.policy.as_ref(),
+            change.revision,
+            &channels.quarantine,
+        ));
     }
 }
 
@@ -111,7 +155,8 @@ fn apply(channels: &mut Channels, change: Change) {
 /// every change after it is either in a channel's read or still to come on the new feed.
 async fn resync(store: &dyn PolicyStore, channels: &Mutex<Channels>) -> Result<u64, StoreError> {
     let from = store.revision().await?;
-    let mut channels = channels.lock().await;
+    let mut guard = channels.lock().await;
+    let channels = &mut *guard;
     let ids: Vec<SpiffeId> = channels.by_workload.keys().cloned().collect();
     for id in ids {
         let (policy, as_of) = store.get_at(&id).await?;
@@ -122,10 +167,13 @@ async fn resync(store: &dyn PolicyStore, channels: &Mutex<Channels>) -> Result<u
             // Only a real change is pushed: "still no policy" at a later revision is not.
             let same = match &policy {
                 None => !current.present,
-                Some(p) => current.present && current.version == p.version,
+                Some(p) => {
+                    current.present && current.policy.as_ref().map(|c| c.version) == Some(p.version)
+                }
             };
             if !same {
-                ch.tx.send_replace(snapshot_of(policy.as_ref(), as_of));
+                ch.tx
+                    .send_replace(snapshot_of(policy.as_ref(), as_of, &channels.quarantine));
             }
             ch.as_of = as_of;
         }

@@ -60,6 +60,7 @@ pub mod grpc_limits;
 mod h2_authority;
 pub mod insight;
 pub mod policy_service;
+pub mod quarantine;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -24,6 +24,7 @@ use warden_identity::peer_share::PeerCounts;
 use crate::fanout::Fanout;
 use crate::grpc_limits::{ConnInfo, Gate, LogBudget, MethodLimits, Permit};
 use crate::insight::Insight;
+use crate::quarantine::Quarantines;
 use crate::store::{PolicyStore, StoreError};
 use crate::transport::Caller;
 
@@ -103,8 +104,9 @@ pub struct PolicyApi {
     store: Arc<dyn PolicyStore>,
     admins: HashSet<SpiffeId>,
     hub: Arc<Hub>,
-    fanout: Fanout,
+    fanout: Arc<Fanout>,
     insight: Arc<Insight>,
+    quarantines: Arc<Quarantines>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -192,13 +194,26 @@ impl PolicyApi {
         store: Arc<dyn PolicyStore>,
         admins: impl IntoIterator<Item = SpiffeId>,
     ) -> Result<Self, StoreError> {
+        let fanout = Arc::new(Fanout::start(store.clone()).await?);
+        let admins: HashSet<SpiffeId> = admins.into_iter().collect();
         Ok(Self {
-            fanout: Fanout::start(store.clone()).await?,
+            quarantines: Arc::new(Quarantines::new(store.clone(), fanout.clone())),
+            fanout,
             store,
-            admins: admins.into_iter().collect(),
+            insight: Arc::new(Insight::new(
+                Default::default(),
+                Default::default(),
+                admins.iter().map(|a| a.to_string()).collect(),
+                now_ms(),
+            )),
+            admins,
             hub: Arc::new(Hub::default()),
-            insight: Arc::new(Insight::new(Default::default(), now_ms())),
         })
+    }
+
+    /// Quarantine and release, for the anomaly rules' responder.
+    pub fn quarantines(&self) -> Arc<Quarantines> {
+        self.quarantines.clone()
     }
 
     /// Feeds edge reports to `insight` (instead of a private one with default bounds).
@@ -342,19 +357,33 @@ impl PolicyService for PolicyApi {
             .history(&id)
             .await
             .map_err(|e| store_status(e, true))?;
-        Ok(Response::new(pb::HistoryResponse {
-            entries: entries
-                .into_iter()
-                .map(|e| pb::HistoryEntry {
-                    version: e.version,
-                    at_unix_ms: e.at_unix_ms,
-                    admin: e.admin,
-                    action: e.action.as_str().to_owned(),
-                    policy: e.policy.as_ref().map(convert::to_proto),
-                    reason: String::new(),
-                })
-                .collect(),
-        }))
+        let quarantines = self
+            .store
+            .quarantine_history(&id)
+            .await
+            .map_err(|e| store_status(e, true))?;
+        let mut entries: Vec<pb::HistoryEntry> = entries
+            .into_iter()
+            .map(|e| pb::HistoryEntry {
+                version: e.version,
+                at_unix_ms: e.at_unix_ms,
+                admin: e.admin,
+                action: e.action.as_str().to_owned(),
+                policy: e.policy.as_ref().map(convert::to_proto),
+                reason: String::new(),
+            })
+            .chain(quarantines.into_iter().map(|q| pb::HistoryEntry {
+                version: q.version,
+                at_unix_ms: q.at_unix_ms,
+                admin: q.by,
+                action: if q.released { "release" } else { "quarantine" }.to_owned(),
+                policy: None,
+                reason: q.reason,
+            }))
+            .collect();
+        // One revision counter: the merged history is in the order the changes were made.
+        entries.sort_by_key(|e| e.version);
+        Ok(Response::new(pb::HistoryResponse { entries }))
     }
 
     async fn status(
@@ -511,23 +540,74 @@ impl PolicyService for PolicyApi {
 
     async fn anomalies(
         &self,
-        _req: Request<pb::AnomaliesRequest>,
+        req: Request<pb::AnomaliesRequest>,
     ) -> Result<Response<pb::AnomaliesResponse>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let caller = Self::caller(&req)?;
+        self.authorize(&caller, "Anomalies", None)?;
+        let since_ms = req.get_ref().since_ms;
+        let since = if since_ms == 0 {
+            0
+        } else {
+            now_ms().saturating_sub(since_ms)
+        };
+        let quarantined = self
+            .quarantines
+            .list()
+            .await
+            .map_err(|e| store_status(e, true))?;
+        Ok(Response::new(pb::AnomaliesResponse {
+            anomalies: self.insight.anomalies(since),
+            quarantined: quarantined
+                .into_iter()
+                .map(|q| pb::Quarantined {
+                    spiffe_id: q.spiffe_id,
+                    by: q.by,
+                    reason: q.reason,
+                    at_unix_ms: q.at_unix_ms,
+                    version: q.version,
+                })
+                .collect(),
+        }))
     }
 
     async fn quarantine(
         &self,
-        _req: Request<pb::QuarantineRequest>,
+        req: Request<pb::QuarantineRequest>,
     ) -> Result<Response<pb::QuarantineResponse>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let caller = Self::caller(&req)?;
+        self.authorize(&caller, "Quarantine", None)?;
+        let body = req.into_inner();
+        let id = Self::target(&body.spiffe_id)?;
+        if body.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "a reason is required: it is kept in the history and the audit log",
+            ));
+        }
+        let version = self
+            .quarantines
+            .set(&id, false, caller.spiffe_id.as_str(), &body.reason)
+            .await
+            .map_err(|e| store_status(e, true))?;
+        Ok(Response::new(pb::QuarantineResponse { version }))
     }
 
     async fn release(
         &self,
-        _req: Request<pb::ReleaseRequest>,
+        req: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let caller = Self::caller(&req)?;
+        self.authorize(&caller, "Release", None)?;
+        let body = req.into_inner();
+        let id = Self::target(&body.spiffe_id)?;
+        let version = self
+            .quarantines
+            .set(&id, true, caller.spiffe_id.as_str(), &body.reason)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(id) => Status::not_found(format!("{id} is not in quarantine")),
+                e => store_status(e, true),
+            })?;
+        Ok(Response::new(pb::ReleaseResponse { version }))
     }
 }
 

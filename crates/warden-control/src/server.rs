@@ -51,11 +51,16 @@ pub struct ControlPlane {
     identity_task: JoinHandle<()>,
     extras: Vec<Box<dyn std::any::Any + Send>>,
     insight: Arc<crate::insight::Insight>,
+    /// The anomaly rules' ticker and responder.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.identity_task.abort();
+        for task in &self.background {
+            task.abort();
+        }
         if let Some(server) = &self.server {
             server.abort();
         }
@@ -153,12 +158,31 @@ impl ControlPlane {
         let described = store.describe();
         let insight = Arc::new(crate::insight::Insight::new(
             config.edges,
+            config.anomaly.clone(),
+            config.admins.iter().map(|a| a.to_string()).collect(),
             crate::policy_service::now_ms(),
         ));
         let api = PolicyApi::start(store, config.admins.iter().cloned())
             .await?
             .with_insight(insight.clone());
         let identity = IdentityStore::new();
+        // The anomaly rules' quarantine orders, carried out as the control plane itself.
+        let (orders, orders_rx) = tokio::sync::mpsc::channel(64);
+        insight.set_responder(orders);
+        let me = identity.clone();
+        let background = vec![
+            tokio::spawn(crate::insight::tick_loop(insight.clone())),
+            tokio::spawn(crate::quarantine::respond(
+                api.quarantines(),
+                orders_rx,
+                move || {
+                    me.load().map_or_else(
+                        || "control-plane (anomaly response)".to_owned(),
+                        |i| format!("{} (anomaly response)", i.spiffe_id()),
+                    )
+                },
+            )),
+        ];
         let identity_task = tokio::spawn(follow(source, identity.clone()));
         let listener =
             TcpListener::bind(config.listen)
@@ -214,6 +238,7 @@ impl ControlPlane {
             identity_task,
             extras: Vec::new(),
             insight,
+            background,
         })
     }
 

@@ -77,6 +77,29 @@ pub struct HistoryEntry {
     pub policy: Option<WorkloadPolicy>,
 }
 
+/// An identity in quarantine (`warden policy quarantine`, or an anomaly's response).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    pub spiffe_id: String,
+    /// The store revision of the quarantine.
+    pub version: u64,
+    pub at_unix_ms: u64,
+    /// The admin, or the control plane itself for an automatic response.
+    pub by: String,
+    pub reason: String,
+}
+
+/// A quarantine or a release, as kept in the identity's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEvent {
+    pub version: u64,
+    pub at_unix_ms: u64,
+    pub by: String,
+    /// `false`: put in quarantine; `true`: released.
+    pub released: bool,
+    pub reason: String,
+}
+
 /// One write, as the change feed delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -126,4 +149,35 @@ pub trait PolicyStore: Send + Sync + 'static {
     async fn revision(&self) -> Result<u64, StoreError>;
     /// Every change with a revision above `after`, in revision order, as they happen.
     async fn changes(&self, after: u64) -> Result<ChangeFeed, StoreError>;
+
+    /// Puts `id` in quarantine, or releases it (`release`), durably, with who and why;
+    /// returns the store revision of the change. Quarantining an identity already in
+    /// quarantine changes nothing and returns its revision; releasing one that is not is
+    /// `NotFound`. Stores that do not keep quarantines refuse.
+    async fn set_quarantine(
+        &self,
+        id: &SpiffeId,
+        release: bool,
+        by: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let _ = (id, release, by, reason, now_ms);
+        Err(StoreError::Backend(format!(
+            "{}: this store does not keep quarantines yet (the embedded store does)",
+            self.describe()
+        )))
+    }
+
+    /// Every identity in quarantine, and the revision of the last quarantine or release (0:
+    /// none ever).
+    async fn quarantined(&self) -> Result<(Vec<Quarantined>, u64), StoreError> {
+        Ok((Vec::new(), 0))
+    }
+
+    /// Every quarantine and release of `id`, oldest first.
+    async fn quarantine_history(&self, id: &SpiffeId) -> Result<Vec<QuarantineEvent>, StoreError> {
+        let _ = id;
+        Ok(Vec::new())
+    }
 }

@@ -152,6 +152,11 @@ struct PairState {
     flowed: bool,
     /// It first flowed in the current window.
     new_this_window: bool,
+    /// A new edge waiting (this many more windows) for the caller's own sidecar to report
+    /// it, before it is reported as an alert only: the two ends of a connection report in
+    /// their own rhythm, so the caller's report may land a window later.
+    pending: u8,
+    pending_reporters: Reporters,
     count: u64,
     baseline: f64,
     windows: u32,
@@ -166,6 +171,9 @@ struct DenyState {
     bursting: bool,
     reporters: Reporters,
 }
+
+/// Windows a new edge waits for corroboration before it is an alert only.
+const PENDING_WINDOWS: u8 = 3;
 
 /// The rules' state: per pair and per denied identity, bounded by `max_tracked`.
 #[derive(Debug)]
@@ -292,15 +300,32 @@ impl Detector {
         let mut fired: Vec<Finding> = Vec::new();
         for ((caller, callee), p) in &mut self.pairs {
             if p.new_this_window && c.kinds.new_edge && warm {
-                fired.push(Finding {
-                    kind: Kind::NewEdge,
-                    workload: caller.clone(),
-                    peer: callee.clone(),
-                    detail: format!("{caller} -> {callee} first seen after the learning window"),
-                    reporters: p.reporters.clone(),
-                });
+                p.pending = PENDING_WINDOWS;
+                p.pending_reporters = Reporters::default();
             }
             p.new_this_window = false;
+            if p.pending > 0 {
+                for r in &p.reporters.0 {
+                    p.pending_reporters.add(r);
+                }
+                let settled = c.response == Response::Alert
+                    || p.pending_reporters.corroborate(caller)
+                    || p.pending == 1;
+                if settled {
+                    p.pending = 0;
+                    fired.push(Finding {
+                        kind: Kind::NewEdge,
+                        workload: caller.clone(),
+                        peer: callee.clone(),
+                        detail: format!(
+                            "{caller} -> {callee} first seen after the learning window"
+                        ),
+                        reporters: std::mem::take(&mut p.pending_reporters),
+                    });
+                } else {
+                    p.pending -= 1;
+                }
+            }
             let count = p.count as f64;
             let threshold = c.spike_factor * p.baseline;
             let judged = warm && p.windows >= c.baseline_windows;

@@ -278,3 +278,32 @@ fn tracking_is_bounded() {
     assert!(d.pairs.len() + d.denied.len() <= 100);
     assert!(d.untracked() > 0);
 }
+
+/// The callee's report may come a window before the caller's own: the new edge waits for
+/// it, and is then a quarantine, not an alert.
+#[test]
+fn a_new_edge_waits_a_little_for_the_callers_own_report() {
+    let cfg = AnomalyConfig {
+        response: Response::Quarantine,
+        ..config()
+    };
+    let mut d = Detector::new(cfg, HashSet::new(), 0);
+    let (x, b) = (id("x"), id("b"));
+    let mut found = Vec::new();
+    for s in 0..60u64 {
+        let now = s * 1000 + 500;
+        if s == 50 {
+            d.observe(&b, &obs(&b, Direction::Inbound, &x, Verdict::Allow, 1), now);
+        }
+        if s == 51 {
+            d.observe(
+                &x,
+                &obs(&x, Direction::Outbound, &b, Verdict::Allow, 1),
+                now,
+            );
+        }
+        found.extend(d.tick(now));
+    }
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].response, Response::Quarantine);
+}

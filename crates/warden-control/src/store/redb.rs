@@ -12,7 +12,9 @@ use warden_policy::WorkloadPolicy;
 
 use tokio::sync::mpsc;
 
-use super::{Action, Change, ChangeFeed, HistoryEntry, PolicyStore, StoreError};
+use super::{
+    Action, Change, ChangeFeed, HistoryEntry, PolicyStore, QuarantineEvent, Quarantined, StoreError,
+};
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -22,6 +24,12 @@ const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
+/// Identities in quarantine, and every quarantine and release (never in the change feed:
+/// the fan-out pushes them itself).
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+const QUARANTINE_HISTORY: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("quarantine_history");
+const QUARANTINE_REVISION: &str = "quarantine_revision";
 
 /// The embedded store: one redb file in `data_dir`. Its calls run on tokio's blocking pool.
 #[derive(Clone)]
@@ -70,6 +78,8 @@ impl Inner {
         txn.open_table(POLICIES).map_err(backend)?;
         txn.open_table(HISTORY).map_err(backend)?;
         txn.open_table(META).map_err(backend)?;
+        txn.open_table(QUARANTINE).map_err(backend)?;
+        txn.open_table(QUARANTINE_HISTORY).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(Self {
             path: path.to_owned(),
@@ -275,6 +285,111 @@ impl Inner {
         Ok(out)
     }
 
+    fn set_quarantine(
+        &self,
+        id: &SpiffeId,
+        release: bool,
+        by: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let _writing = lock(&self.writing);
+        let txn = self.db.begin_write().map_err(backend)?;
+        let revision = {
+            let mut table = txn.open_table(QUARANTINE).map_err(backend)?;
+            let current: Option<Quarantined> =
+                match table.get(id.as_str()).map_err(backend)? {
+                    Some(bytes) => Some(serde_json::from_slice(bytes.value()).map_err(|e| {
+                        StoreError::Backend(format!("corrupt quarantine record: {e}"))
+                    })?),
+                    None => None,
+                };
+            match (&current, release) {
+                // Already in quarantine: nothing to write.
+                (Some(q), false) => return Ok(q.version),
+                (None, true) => return Err(StoreError::NotFound(id.to_string())),
+                _ => {}
+            }
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let revision = meta
+                .get(REVISION)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
+            if release {
+                table.remove(id.as_str()).map_err(backend)?;
+            } else {
+                let record = Quarantined {
+                    spiffe_id: id.to_string(),
+                    version: revision,
+                    at_unix_ms: now_ms,
+                    by: by.to_owned(),
+                    reason: reason.to_owned(),
+                };
+                let bytes = serde_json::to_vec(&record).map_err(backend)?;
+                table
+                    .insert(id.as_str(), bytes.as_slice())
+                    .map_err(backend)?;
+            }
+            let event = QuarantineEvent {
+                version: revision,
+                at_unix_ms: now_ms,
+                by: by.to_owned(),
+                released: release,
+                reason: reason.to_owned(),
+            };
+            let bytes = serde_json::to_vec(&event).map_err(backend)?;
+            txn.open_table(QUARANTINE_HISTORY)
+                .map_err(backend)?
+                .insert((id.as_str(), revision), bytes.as_slice())
+                .map_err(backend)?;
+            meta.insert(REVISION, revision).map_err(backend)?;
+            meta.insert(QUARANTINE_REVISION, revision)
+                .map_err(backend)?;
+            revision
+        };
+        txn.commit().map_err(backend)?;
+        Ok(revision)
+    }
+
+    fn quarantined(&self) -> Result<(Vec<Quarantined>, u64), StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(QUARANTINE).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(backend)? {
+            let (_, bytes) = row.map_err(backend)?;
+            out.push(
+                serde_json::from_slice(bytes.value())
+                    .map_err(|e| StoreError::Backend(format!("corrupt quarantine record: {e}")))?,
+            );
+        }
+        let meta = txn.open_table(META).map_err(backend)?;
+        let revision = meta
+            .get(QUARANTINE_REVISION)
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        Ok((out, revision))
+    }
+
+    fn quarantine_history(&self, id: &SpiffeId) -> Result<Vec<QuarantineEvent>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(QUARANTINE_HISTORY).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in table
+            .range((id.as_str(), 0)..=(id.as_str(), u64::MAX))
+            .map_err(backend)?
+        {
+            let (_, bytes) = row.map_err(backend)?;
+            out.push(
+                serde_json::from_slice(bytes.value())
+                    .map_err(|e| StoreError::Backend(format!("corrupt quarantine event: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
     fn revision(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(META).map_err(backend)?;
@@ -336,6 +451,28 @@ impl PolicyStore for RedbStore {
 
     async fn changes(&self, after: u64) -> Result<ChangeFeed, StoreError> {
         self.blocking(move |s| s.changes(after)).await
+    }
+
+    async fn set_quarantine(
+        &self,
+        id: &SpiffeId,
+        release: bool,
+        by: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let (id, by, reason) = (id.clone(), by.to_owned(), reason.to_owned());
+        self.blocking(move |s| s.set_quarantine(&id, release, &by, &reason, now_ms))
+            .await
+    }
+
+    async fn quarantined(&self) -> Result<(Vec<Quarantined>, u64), StoreError> {
+        self.blocking(|s| s.quarantined()).await
+    }
+
+    async fn quarantine_history(&self, id: &SpiffeId) -> Result<Vec<QuarantineEvent>, StoreError> {
+        let id = id.clone();
+        self.blocking(move |s| s.quarantine_history(&id)).await
     }
 }
 
@@ -430,6 +567,56 @@ mod tests {
         assert!(matches!(err, StoreError::NotFound(_)));
         // Failed writes consume no revision.
         assert_eq!(store.revision().await.expect("rev"), 1);
+    }
+
+    #[tokio::test]
+    async fn quarantine_is_durable_versioned_and_kept_in_history() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("s.redb");
+        let admin = id("/admin");
+        {
+            let store = RedbStore::open(&path).expect("open");
+            store.put(policy("/w"), None, &admin, 1).await.expect("put");
+            let v = store
+                .set_quarantine(&id("/x"), false, admin.as_str(), "probing", 2)
+                .await
+                .expect("quarantine");
+            assert_eq!(v, 2, "one revision counter with the policies");
+            // Again: nothing written, the same version.
+            let again = store
+                .set_quarantine(&id("/x"), false, admin.as_str(), "again", 3)
+                .await
+                .expect("idempotent");
+            assert_eq!(again, 2);
+            let err = store
+                .set_quarantine(&id("/y"), true, admin.as_str(), "", 3)
+                .await
+                .expect_err("not quarantined");
+            assert!(matches!(err, StoreError::NotFound(_)));
+        }
+        let store = RedbStore::open(&path).expect("reopen");
+        let (list, rev) = store.quarantined().await.expect("list");
+        assert_eq!(rev, 2);
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (list[0].spiffe_id.as_str(), list[0].reason.as_str()),
+            ("spiffe://example.org/x", "probing")
+        );
+        let v = store
+            .set_quarantine(&id("/x"), true, admin.as_str(), "false alarm", 4)
+            .await
+            .expect("release");
+        assert_eq!(v, 3);
+        assert_eq!(store.quarantined().await.expect("list"), (Vec::new(), 3));
+        let h = store.quarantine_history(&id("/x")).await.expect("history");
+        assert_eq!(
+            h.iter()
+                .map(|e| (e.version, e.released))
+                .collect::<Vec<_>>(),
+            vec![(2, false), (3, true)]
+        );
+        assert_eq!(h[1].by, admin.as_str());
+        assert_eq!(store.revision().await.expect("rev"), 3);
     }
 
     #[tokio::test]
