@@ -355,6 +355,7 @@ impl BuiltinCa {
     /// fresh P-256 key.
     pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<IssuedSvid, CaError> {
         let (cert, key, not_before, not_after) = self.sign_leaf(id, ttl)?;
+        crate::metrics::METRICS.svid_issued("x509");
         Ok(IssuedSvid {
             spiffe_id: id.clone(),
             chain: vec![cert.der().clone()],

@@ -51,6 +51,7 @@ macro_rules! delegate_async_write {
     };
 }
 
+pub mod admin;
 pub mod ca;
 pub mod ca_source;
 pub mod config;
@@ -59,6 +60,7 @@ mod fanout;
 pub mod grpc_limits;
 mod h2_authority;
 pub mod insight;
+pub mod metrics;
 pub mod policy_service;
 pub mod quarantine;
 pub mod server;

@@ -230,13 +230,21 @@ impl PolicyApi {
         let admins = self.admins.clone();
         let streams = PeerCounts::new(max_streams_per_peer);
         Arc::new(move |path: &str, caller: &Caller| {
+            let metrics = &crate::metrics::METRICS;
             if ADMIN_ONLY.contains(&path) && !admins.contains(&caller.spiffe_id) {
+                metrics.api_call(path, "refused");
                 let method = path.rsplit('/').next().unwrap_or(path);
                 return Err(refuse_non_admin(caller, method));
             }
             match streams.acquire(&caller.spiffe_id) {
-                Some(slot) => Ok(Some(Box::new(slot) as Permit)),
-                None => Err(refuse_over_share(caller, streams.max())),
+                Some(slot) => {
+                    metrics.api_call(path, "admitted");
+                    Ok(Some(Box::new(slot) as Permit))
+                }
+                None => {
+                    metrics.api_call(path, "refused");
+                    Err(refuse_over_share(caller, streams.max()))
+                }
             }
         })
     }
@@ -288,7 +296,11 @@ impl PolicyService for PolicyApi {
             .store
             .put(policy, body.expected_version, &caller.spiffe_id, now_ms())
             .await
-            .map_err(|e| store_status(e, true))?;
+            .map_err(|e| {
+                crate::metrics::METRICS.policy_write("put", "error");
+                store_status(e, true)
+            })?;
+        crate::metrics::METRICS.policy_write("put", "ok");
         tracing::info!(target: "warden::audit", event = "policy_write", action = "put", workload = %id, version = stored.version, admin = %caller.spiffe_id, "policy written");
         Ok(Response::new(pb::PutPolicyResponse {
             policy: Some(convert::to_proto(&stored)),
@@ -340,7 +352,11 @@ impl PolicyService for PolicyApi {
             .store
             .delete(&id, body.expected_version, &caller.spiffe_id, now_ms())
             .await
-            .map_err(|e| store_status(e, true))?;
+            .map_err(|e| {
+                crate::metrics::METRICS.policy_write("delete", "error");
+                store_status(e, true)
+            })?;
+        crate::metrics::METRICS.policy_write("delete", "ok");
         tracing::info!(target: "warden::audit", event = "policy_write", action = "delete", workload = %id, version, admin = %caller.spiffe_id, "policy deleted");
         Ok(Response::new(pb::DeletePolicyResponse { version }))
     }
@@ -432,6 +448,7 @@ impl PolicyService for PolicyApi {
             .await
             .map_err(|e| store_status(e, false))?;
         let session_id = self.hub.next_session.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS.watcher_opened();
         lock(&self.hub.sessions).insert(
             session_id,
             Session {
@@ -629,6 +646,7 @@ struct SessionEntry {
 
 impl Drop for SessionEntry {
     fn drop(&mut self) {
+        crate::metrics::METRICS.watcher_closed();
         lock(&self.hub.sessions).remove(&self.id);
     }
 }

@@ -60,10 +60,13 @@ impl Quarantines {
         let _one = self.order.lock().await;
         let reason = bounded_reason(reason);
         let now = crate::policy_service::now_ms();
+        let action = if release { "release" } else { "quarantine" };
         let version = self
             .store
             .set_quarantine(id, release, by, &reason, now)
-            .await?;
+            .await
+            .inspect_err(|_| crate::metrics::METRICS.policy_write(action, "error"))?;
+        crate::metrics::METRICS.policy_write(action, "ok");
         let (list, revision) = self.store.quarantined().await?;
         self.fanout
             .set_quarantine(QuarantineList {

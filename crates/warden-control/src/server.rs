@@ -51,8 +51,9 @@ pub struct ControlPlane {
     identity_task: JoinHandle<()>,
     extras: Vec<Box<dyn std::any::Any + Send>>,
     insight: Arc<crate::insight::Insight>,
-    /// The anomaly rules' ticker and responder.
+    /// The anomaly rules' ticker and responder, the admin listener.
     background: Vec<JoinHandle<()>>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Drop for ControlPlane {
@@ -170,7 +171,7 @@ impl ControlPlane {
         let (orders, orders_rx) = tokio::sync::mpsc::channel(64);
         insight.set_responder(orders);
         let me = identity.clone();
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(crate::insight::tick_loop(insight.clone())),
             tokio::spawn(crate::quarantine::respond(
                 api.quarantines(),
@@ -212,6 +213,33 @@ impl ControlPlane {
             .register_encoded_file_descriptor_set(warden_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| StartError::Reflection(e.to_string()))?;
+        let admin_addr = match config.admin.listen {
+            None => None,
+            Some(at) => match crate::admin::bind(at).await {
+                Ok(tcp) => {
+                    let bound = tcp.local_addr().unwrap_or(at);
+                    background.push(tokio::spawn(crate::admin::serve(
+                        tcp,
+                        crate::admin::AdminState {
+                            insight: insight.clone(),
+                            quarantines: api.quarantines(),
+                            identity: identity.clone(),
+                        },
+                    )));
+                    tracing::info!(addr = %bound, "admin listener (/metrics, /healthz, /readyz, /graph)");
+                    Some(bound)
+                }
+                Err(source) if config.admin.explicit => {
+                    return Err(StartError::Bind { addr: at, source });
+                }
+                Err(e) => {
+                    // The default address, taken (another control plane on this host):
+                    // run without it rather than not at all.
+                    tracing::warn!(addr = %at, error = %e, "admin listener not started: the default address is taken; set [admin] listen");
+                    None
+                }
+            },
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let router = crate::grpc_limits::server_builder()
             .layer(guard)
@@ -239,11 +267,17 @@ impl ControlPlane {
             extras: Vec::new(),
             insight,
             background,
+            admin_addr,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// What the control plane learned from the sidecars' edge reports.

@@ -555,6 +555,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        crate::metrics::METRICS.workload_api_call("FetchX509SVID");
         let selected = self.authorize(&request)?;
         Ok(Response::new(self.stream(move |svids, trust| {
             svid_response(svids, &selected, trust)
@@ -565,6 +566,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        crate::metrics::METRICS.workload_api_call("FetchX509Bundles");
         self.authorize(&request)?;
         Ok(Response::new(
             self.stream(|_, trust| bundles_response(trust)),
@@ -575,6 +577,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
+        crate::metrics::METRICS.workload_api_call("FetchJWTSVID");
         self.fetch_jwt(request)
     }
 
@@ -582,6 +585,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        crate::metrics::METRICS.workload_api_call("FetchJWTBundles");
         self.authorize(&request)?;
         let authority = self.jwt.clone();
         Ok(Response::new(self.stream(move |_, trust| {
@@ -593,6 +597,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        crate::metrics::METRICS.workload_api_call("ValidateJWTSVID");
         self.validate_jwt(request)
     }
 }

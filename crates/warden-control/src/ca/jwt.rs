@@ -168,6 +168,7 @@ impl JwtAuthority {
         audience: &[String],
         ttl: Duration,
     ) -> Result<JwtSvid, JwtKeyError> {
+        crate::metrics::METRICS.svid_issued("jwt");
         if id.trust_domain_name() != self.trust_domain.as_str() || !id.is_workload() {
             return Err(JwtKeyError::ForeignId {
                 id: id.to_string(),
