@@ -587,12 +587,12 @@ async fn warden_top_once_shows_both_sidecars_peers() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // SIDECAR DIR LISTENER PEER ALLOWED DENIED HS_FAIL RX TX OPEN
+    // SIDECAR DIR LISTENER PEER ALLOWED DENIED WOULD_DENY HS_FAIL RX TX OPEN
     let row = |sidecar: SocketAddr, peer: &str| -> Vec<String> {
         stdout
             .lines()
             .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-            .find(|c| c.len() == 10 && c[0] == sidecar.to_string() && c[3] == peer)
+            .find(|c| c.len() == 11 && c[0] == sidecar.to_string() && c[3] == peer)
             .unwrap_or_else(|| panic!("no row for {peer} on {sidecar}:\n{stdout}"))
     };
     let r = row(s1.admin_addr(), &p1);
@@ -600,13 +600,13 @@ async fn warden_top_once_shows_both_sidecars_peers() {
         (r[1].as_str(), r[2].as_str(), r[4].as_str(), r[5].as_str()),
         ("inbound", "http", "2", "0")
     );
-    assert_eq!((r[7].as_str(), r[8].as_str()), ("6B", "6B"));
+    assert_eq!((r[8].as_str(), r[9].as_str()), ("6B", "6B"));
     let r = row(s1.admin_addr(), &p2);
     assert_eq!((r[4].as_str(), r[5].as_str()), ("0", "1"));
     let r = row(s2.admin_addr(), &p2);
     assert_eq!(
-        (r[4].as_str(), r[5].as_str(), r[9].as_str()),
-        ("3", "0", "0")
+        (r[4].as_str(), r[5].as_str(), r[6].as_str(), r[10].as_str()),
+        ("3", "0", "0", "0")
     );
 }
 

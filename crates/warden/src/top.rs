@@ -1,5 +1,6 @@
 //! `warden top`: a live table of peer-auth activity per peer identity, from one or more
-//! sidecars' admin endpoints (`/metrics`, `/debug/connections`).
+//! sidecars' admin endpoints (`/metrics`, `/debug/connections`), and the anomalies a
+//! control plane found (its admin listener's `/metrics`, with `--control-plane-admin`).
 //!
 //! Why a hand-written HTTP/1.0 GET and OpenMetrics line parser: the admin server is ours,
 //! on loopback, and answers a fixed format; a full HTTP client and a Prometheus parser
@@ -28,6 +29,10 @@ pub struct Args {
         default_value = "http://127.0.0.1:15000"
     )]
     admin: Vec<String>,
+    /// Admin URL of a control plane (repeatable), like http://127.0.0.1:15010: its anomaly
+    /// counts are listed under the table.
+    #[arg(long = "control-plane-admin", value_name = "URL")]
+    control_plane_admin: Vec<String>,
     /// Print one table and exit (for scripts); exits non-zero if a sidecar was unreachable.
     #[arg(long)]
     once: bool,
@@ -55,6 +60,8 @@ pub enum TopError {
 pub struct Row {
     pub allowed: u64,
     pub denied: u64,
+    /// Let through by audit mode; enforced, these would have been denied.
+    pub would_deny: u64,
     pub handshake_failures: BTreeMap<String, u64>,
     pub rx: u64,
     pub tx: u64,
@@ -70,9 +77,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for url in &args.admin {
         targets.push(Target::parse(url)?);
     }
+    let mut control_planes = Vec::new();
+    for url in &args.control_plane_admin {
+        control_planes.push(Target::parse(url)?);
+    }
     if args.once {
-        let (table, errors) = collect(&targets).await;
-        print!("{}", render(&table, &errors));
+        let (table, mut errors) = collect(&targets).await;
+        let anomalies = collect_anomalies(&control_planes, &mut errors).await;
+        print!(
+            "{}{}",
+            render(&table, &errors),
+            render_anomalies(&anomalies)
+        );
         if !errors.is_empty() {
             return Err(TopError::Unreachable(errors.len(), targets.len()).into());
         }
@@ -84,9 +100,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ = tick.tick() => {}
             _ = crate::shutdown_signal() => return Ok(()),
         }
-        let (table, errors) = collect(&targets).await;
+        let (table, mut errors) = collect(&targets).await;
+        let anomalies = collect_anomalies(&control_planes, &mut errors).await;
         // Clear the screen and home the cursor, then redraw.
-        print!("\x1b[2J\x1b[H{}", render(&table, &errors));
+        print!(
+            "\x1b[2J\x1b[H{}{}",
+            render(&table, &errors),
+            render_anomalies(&anomalies)
+        );
         let _ = std::io::Write::flush(&mut std::io::stdout());
     }
 }
@@ -170,6 +191,55 @@ async fn collect(targets: &[Target]) -> (Table, Vec<String>) {
     (table, errors)
 }
 
+/// (control plane, kind, workload, peer) -> count of `warden_anomalies_total`.
+pub type Anomalies = BTreeMap<(String, String, String, String), u64>;
+
+async fn collect_anomalies(targets: &[Target], errors: &mut Vec<String>) -> Anomalies {
+    let mut out = Anomalies::new();
+    for t in targets {
+        match t.get("/metrics").await {
+            Ok(text) => add_anomalies(&mut out, &t.label, &text),
+            Err(problem) => errors.push(
+                TopError::Fetch {
+                    url: format!("http://{}", t.label),
+                    problem,
+                }
+                .to_string(),
+            ),
+        }
+    }
+    out
+}
+
+fn add_anomalies(out: &mut Anomalies, control_plane: &str, text: &str) {
+    for s in text.lines().filter_map(parse_line) {
+        if s.name != "warden_anomalies_total" {
+            continue;
+        }
+        let label = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
+        let key = (
+            control_plane.to_owned(),
+            label("kind"),
+            label("workload"),
+            label("peer_id"),
+        );
+        *out.entry(key).or_default() += s.value.max(0.0) as u64;
+    }
+}
+
+/// The anomaly counts under the table (nothing when no control plane was asked).
+pub fn render_anomalies(anomalies: &Anomalies) -> String {
+    let mut out = String::new();
+    if anomalies.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\nANOMALIES");
+    for ((cp, kind, workload, peer), n) in anomalies {
+        let _ = writeln!(out, "{cp}  {kind:<10}  {workload}  ->  {peer}  {n}");
+    }
+    out
+}
+
 /// One OpenMetrics sample line: name, labels, value.
 #[derive(Debug, PartialEq)]
 pub struct Sample {
@@ -238,6 +308,7 @@ fn add_metrics(table: &mut Table, sidecar: &str, text: &str, conns: Option<&str>
                 let row = table.entry(key).or_default();
                 match label(&s, "decision").as_str() {
                     "allow" => row.allowed += n,
+                    "would_deny" => row.would_deny += n,
                     _ => row.denied += n,
                 }
             }
@@ -301,9 +372,19 @@ fn human_bytes(n: u64) -> String {
 /// The table as text: one line per (sidecar, direction, listener, peer).
 pub fn render(table: &Table, errors: &[String]) -> String {
     let header = [
-        "SIDECAR", "DIR", "LISTENER", "PEER", "ALLOWED", "DENIED", "HS_FAIL", "RX", "TX", "OPEN",
+        "SIDECAR",
+        "DIR",
+        "LISTENER",
+        "PEER",
+        "ALLOWED",
+        "DENIED",
+        "WOULD_DENY",
+        "HS_FAIL",
+        "RX",
+        "TX",
+        "OPEN",
     ];
-    let mut rows: Vec<[String; 10]> = Vec::new();
+    let mut rows: Vec<[String; 11]> = Vec::new();
     for ((sidecar, dir, listener, peer), r) in table {
         let hs = if r.handshake_failures.is_empty() {
             "0".to_owned()
@@ -321,6 +402,7 @@ pub fn render(table: &Table, errors: &[String]) -> String {
             peer.clone(),
             r.allowed.to_string(),
             r.denied.to_string(),
+            r.would_deny.to_string(),
             hs,
             human_bytes(r.rx),
             human_bytes(r.tx),
@@ -380,5 +462,37 @@ mod tests {
         assert!(Target::parse("http://[::1]:15000/").is_ok());
         assert!(Target::parse("https://x:1").is_err());
         assert!(Target::parse("http://x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod anomaly_tests {
+    use super::*;
+
+    #[test]
+    fn would_deny_has_its_column_and_anomalies_are_listed() {
+        let mut table = Table::new();
+        add_metrics(
+            &mut table,
+            "s",
+            "warden_authz_decisions_total{direction=\"inbound\",listener=\"http\",peer_id=\"spiffe://example.org/a\",decision=\"would_deny\",reason=\"no_match\"} 4\n",
+            None,
+        );
+        let row = table.values().next().expect("row");
+        assert_eq!((row.allowed, row.denied, row.would_deny), (0, 0, 4));
+        assert!(render(&table, &[]).contains("WOULD_DENY"));
+        let mut anomalies = Anomalies::new();
+        add_anomalies(
+            &mut anomalies,
+            "cp",
+            "warden_anomalies_total{kind=\"new_edge\",workload=\"spiffe://example.org/x\",peer_id=\"spiffe://example.org/y\"} 2\n",
+        );
+        let text = render_anomalies(&anomalies);
+        assert!(text.contains("new_edge"), "{text}");
+        assert!(
+            text.contains("spiffe://example.org/x  ->  spiffe://example.org/y  2"),
+            "{text}"
+        );
+        assert!(render_anomalies(&Anomalies::new()).is_empty());
     }
 }
