@@ -17,6 +17,60 @@ use tokio::net::{TcpListener, TcpStream};
 pub const MSG: usize = 1024;
 /// First byte of a connection that only uploads (bulk throughput); anything else is echoed.
 const SINK: u8 = b'S';
+/// First byte of a full-duplex connection: echoed, and the app checks the pattern that
+/// follows (see [`Pattern`]) before echoing it.
+const DUPLEX: u8 = b'D';
+
+/// The byte stream of a full-duplex connection after its first byte: 64-bit words, word `i`
+/// is `i * K` (little endian), so a lost, repeated or reordered byte shows at once. Checked
+/// word by word, which keeps the check far cheaper than the copy it verifies.
+#[derive(Default)]
+pub struct Pattern {
+    offset: u64,
+    pub bad: bool,
+}
+
+const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl Pattern {
+    fn byte(o: u64) -> u8 {
+        (o / 8).wrapping_mul(K).to_le_bytes()[(o % 8) as usize]
+    }
+
+    /// Fills `buf` with the next bytes of the stream (the offset stays word-aligned as long
+    /// as every buffer's length is a multiple of 8).
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        debug_assert!(self.offset % 8 == 0 && buf.len() % 8 == 0);
+        let first = self.offset / 8;
+        for (i, w) in buf.chunks_exact_mut(8).enumerate() {
+            w.copy_from_slice(&(first + i as u64).wrapping_mul(K).to_le_bytes());
+        }
+        self.offset += buf.len() as u64;
+    }
+
+    /// Checks that `data` is the next part of the stream.
+    pub fn check(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && self.offset % 8 != 0 {
+            self.bad |= data[0] != Self::byte(self.offset);
+            self.offset += 1;
+            data = &data[1..];
+        }
+        let words = data.chunks_exact(8);
+        let tail = words.remainder();
+        let first = self.offset / 8;
+        let mut bad = false;
+        for (i, w) in words.enumerate() {
+            let got = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            bad |= got != (first + i as u64).wrapping_mul(K);
+        }
+        self.bad |= bad;
+        self.offset += (data.len() - tail.len()) as u64;
+        for &b in tail {
+            self.bad |= b != Self::byte(self.offset);
+            self.offset += 1;
+        }
+    }
+}
 
 /// The upstream app, on its own thread and runtime so that the client's work does not
 /// delay its answers: echoes every connection, except that a connection whose first byte is
@@ -25,6 +79,8 @@ pub struct App {
     pub addr: SocketAddr,
     /// Bytes received by sink connections so far.
     pub sunk: Arc<AtomicU64>,
+    /// Full-duplex connections whose bytes differed from the pattern when they reached the app.
+    pub corrupt: Arc<AtomicU64>,
 }
 
 impl App {
@@ -42,6 +98,8 @@ impl App {
         let addr = std_listener.local_addr().expect("app address");
         let sunk = Arc::new(AtomicU64::new(0));
         let counter = sunk.clone();
+        let corrupt = Arc::new(AtomicU64::new(0));
+        let corrupt_count = corrupt.clone();
         std::thread::Builder::new()
             .name("app".into())
             .spawn(move || {
@@ -54,7 +112,7 @@ impl App {
                     loop {
                         match listener.accept().await {
                             Ok((s, _)) => {
-                                tokio::spawn(serve_app(s, counter.clone()));
+                                tokio::spawn(serve_app(s, counter.clone(), corrupt_count.clone()));
                             }
                             // Out of descriptors, most likely: the client sees the failure.
                             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -63,16 +121,22 @@ impl App {
                 });
             })
             .expect("spawn the app thread");
-        Self { addr, sunk }
+        Self {
+            addr,
+            sunk,
+            corrupt,
+        }
     }
 }
 
 /// Holds no buffer while idle: 10,000 idle connections must not cost the app 10,000
 /// buffers (the app's memory is not measured, but it shares the machine).
-async fn serve_app(s: TcpStream, sunk: Arc<AtomicU64>) {
+async fn serve_app(s: TcpStream, sunk: Arc<AtomicU64>, corrupt: Arc<AtomicU64>) {
     let _ = s.set_nodelay(true);
     let mut s = s;
     let mut sink = None;
+    // Full duplex: the pattern after the first byte, checked before it is echoed.
+    let mut duplex: Option<Pattern> = None;
     loop {
         if s.readable().await.is_err() {
             return;
@@ -84,10 +148,23 @@ async fn serve_app(s: TcpStream, sunk: Arc<AtomicU64>) {
             Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
             Err(_) => return,
         };
+        let first = sink.is_none();
         let is_sink = *sink.get_or_insert(buf[0] == SINK);
         if is_sink {
             sunk.fetch_add(n as u64, Ordering::Relaxed);
-        } else if s.write_all(&buf[..n]).await.is_err() {
+            continue;
+        }
+        if first && buf[0] == DUPLEX {
+            duplex = Some(Pattern::default());
+        }
+        if let Some(p) = duplex.as_mut() {
+            let was_bad = p.bad;
+            p.check(&buf[usize::from(first)..n]);
+            if p.bad && !was_bad {
+                corrupt.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if s.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }
@@ -320,6 +397,87 @@ pub async fn bulk(
     while tasks.join_next().await.is_some() {}
     if b1 == b0 {
         return Err("no bytes reached the app".into());
+    }
+    Ok((b1 - b0) as f64 / (t1 - t0).as_secs_f64())
+}
+
+/// Full duplex on `streams` connections: each client writes the pattern (64 KiB writes)
+/// while it reads the echo back at the same time, so both directions of every hop carry a
+/// stream at once. The app checks the bytes it receives, the client the bytes it gets back.
+/// Returns bytes/s received back by the clients (each direction carries that rate), measured
+/// over `duration` after `warmup`.
+pub async fn duplex(
+    entry: SocketAddr,
+    app: &App,
+    streams: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<f64, String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let echoed = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(AtomicU64::new(0));
+    let corrupt_before = app.corrupt.load(Ordering::Relaxed);
+    for _ in 0..streams {
+        let s = TcpStream::connect(entry)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = s.set_nodelay(true);
+        let (mut r, mut w) = s.into_split();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            if w.write_all(&[DUPLEX]).await.is_err() {
+                return;
+            }
+            let mut out = Pattern::default();
+            let mut chunk = vec![0u8; 64 * 1024];
+            while !stop.load(Ordering::Relaxed) {
+                out.fill(&mut chunk);
+                if w.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (echoed, bad) = (echoed.clone(), bad.clone());
+        tasks.spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut back = Pattern::default();
+            let mut first = true;
+            loop {
+                let n = match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let skip = usize::from(first);
+                if first && buf[0] != DUPLEX {
+                    back.bad = true;
+                }
+                first = false;
+                back.check(&buf[skip..n]);
+                if back.bad {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                echoed.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        });
+    }
+    tokio::time::sleep(warmup).await;
+    let (b0, t0) = (echoed.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(duration).await;
+    let (b1, t1) = (echoed.load(Ordering::Relaxed), Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let corrupt = app.corrupt.load(Ordering::Relaxed) - corrupt_before;
+    let bad = bad.load(Ordering::Relaxed);
+    if corrupt > 0 || bad > 0 {
+        return Err(format!(
+            "bytes differ: {corrupt} connection(s) at the app, {bad} back at the client"
+        ));
+    }
+    if b1 == b0 {
+        return Err("nothing came back".into());
     }
     Ok((b1 - b0) as f64 / (t1 - t0).as_secs_f64())
 }

@@ -12,7 +12,8 @@
 //!
 //! `cargo bench --bench mesh` (full, writes BENCHMARKS.md), `cargo bench --bench mesh --
 //! --quick` (smoke run, prints only). Other flags: `--no-envoy`, `--rounds N`, `--idle N`,
-//! `--warden PATH` (a prebuilt binary instead of this build's), `--write` / `--no-write`.
+//! `--warden PATH` (a prebuilt binary instead of this build's), `--write` / `--no-write`,
+//! `--only bulk` (readiness, then the upload and full-duplex cases only; never writes).
 
 #[path = "../../tests/common/pki.rs"]
 #[allow(dead_code)]
@@ -56,6 +57,8 @@ struct Options {
     /// Experiments only: Warden's worker threads / Envoy's `--concurrency` (default: cores).
     warden_workers: Option<usize>,
     envoy_concurrency: Option<usize>,
+    /// `--only bulk`: the bulk and full-duplex phases only (for profiling and before/after).
+    only_bulk: bool,
 }
 
 fn options() -> Options {
@@ -84,12 +87,13 @@ fn options() -> Options {
             .and_then(|v| v.parse().ok())
             .unwrap_or(if quick { 1_000 } else { 10_000 }),
         envoy: !has("--no-envoy"),
-        write: (has("--write") || !quick) && !has("--no-write"),
+        write: (has("--write") || !quick) && !has("--no-write") && !has("--only"),
         warden: value("--warden")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_warden"))),
         warden_workers: value("--warden-workers").and_then(|v| v.parse().ok()),
         envoy_concurrency: value("--envoy-concurrency").and_then(|v| v.parse().ok()),
+        only_bulk: value("--only").as_deref() == Some("bulk"),
     }
 }
 
@@ -324,13 +328,29 @@ enum Phase {
     Memory,
     Latency(u32),
     Bulk(usize),
+    /// Both directions at once (an echo), on N connections.
+    Duplex(usize),
     Connections,
+    /// Readiness only (`--only`).
+    Ready,
 }
 
 fn phases(opts: &Options) -> Vec<Phase> {
+    let bulk = [
+        Phase::Bulk(1),
+        Phase::Bulk(8),
+        Phase::Duplex(1),
+        Phase::Duplex(8),
+    ];
+    if opts.only_bulk {
+        let mut v = vec![Phase::Ready];
+        v.extend(bulk);
+        return v;
+    }
     let mut v = vec![Phase::Memory];
     v.extend(opts.rates.iter().map(|&r| Phase::Latency(r)));
-    v.extend([Phase::Bulk(1), Phase::Bulk(8), Phase::Connections]);
+    v.extend(bulk);
+    v.push(Phase::Connections);
     v
 }
 
@@ -351,6 +371,13 @@ fn run_phase(
     let proxied = !pids.is_empty();
     let cpu = || sys::cpu_seconds(&pids, ticks);
     match phase {
+        Phase::Ready => {
+            if let Err(e) = rt.block_on(load::wait_ready(entry, Duration::from_secs(30))) {
+                t.check_alive()?;
+                return Err(format!("not ready: {e}"));
+            }
+            s.loadavg = sys::loadavg();
+        }
         Phase::Memory => {
             if let Err(e) = rt.block_on(load::wait_ready(entry, Duration::from_secs(30))) {
                 t.check_alive()?;
@@ -415,6 +442,22 @@ fn run_phase(
                 s.bulk8 = Some(bytes_per_sec);
             }
             // Let the proxies drain what the aborted writers left in flight.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Phase::Duplex(streams) => {
+            let c0 = cpu();
+            let bytes_per_sec =
+                rt.block_on(load::duplex(entry, app, streams, opts.warmup, opts.bulk))?;
+            let c1 = cpu();
+            if streams == 1 {
+                s.duplex1 = Some(bytes_per_sec);
+                // Both directions moved `bytes_per_sec`; the window includes the warm-up.
+                let secs = (opts.warmup + opts.bulk).as_secs_f64();
+                s.duplex1_cpu_per_gib = proxied
+                    .then(|| (c1 - c0) / (2.0 * bytes_per_sec * secs / (1024.0 * 1024.0 * 1024.0)));
+            } else {
+                s.duplex8 = Some(bytes_per_sec);
+            }
             std::thread::sleep(Duration::from_millis(500));
         }
         Phase::Connections => {

@@ -32,6 +32,11 @@ pub struct Sample {
     pub bulk8: Option<f64>,
     /// Proxies' CPU seconds per GiB moved, single stream.
     pub bulk1_cpu_per_gib: Option<f64>,
+    /// Full duplex (echo): bytes/s each way, 1 and 8 connections.
+    pub duplex1: Option<f64>,
+    pub duplex8: Option<f64>,
+    /// Proxies' CPU seconds per GiB moved (both directions counted), 1 connection.
+    pub duplex1_cpu_per_gib: Option<f64>,
     pub conns_per_sec: Option<f64>,
     pub conn_p99_us: Option<f64>,
     pub conn_failed: u64,
@@ -231,6 +236,15 @@ impl Run {
             s.bulk8.map(|b| b / MIB)
         });
         self.row(w, "proxy CPU s / GiB, 1 stream", 2, |s| s.bulk1_cpu_per_gib);
+        self.row(w, "full duplex, 1 connection (MiB/s each way)", 0, |s| {
+            s.duplex1.map(|b| b / MIB)
+        });
+        self.row(w, "full duplex, 8 connections (MiB/s each way)", 0, |s| {
+            s.duplex8.map(|b| b / MIB)
+        });
+        self.row(w, "proxy CPU s / GiB, full duplex 1 connection", 2, |s| {
+            s.duplex1_cpu_per_gib
+        });
         self.row(w, "new mTLS connections/s (1 req each)", 0, |s| {
             s.conns_per_sec
         });
@@ -295,8 +309,14 @@ impl Run {
             self.ceilings_before.aes_gcm,
             self.ceilings_after.aes_gcm,
         ]);
-        // (target, Warden's figure, the TCP relay's figure, met)
-        let mut rows: Vec<(String, String, String, Option<bool>)> = Vec::new();
+        // (target, Warden's figure, the TCP relay's figure, Warden's cost above the floor /
+        // Envoy's cost above the floor, met)
+        let mut rows: Vec<(String, String, String, String, Option<bool>)> = Vec::new();
+        // (Warden - floor) / (Envoy - floor) of a median figure.
+        let above = |w: Option<f64>, r: Option<f64>, e: Option<f64>| match (w, r, e) {
+            (Some(w), Some(r), Some(e)) if e > r => Some((w - r) / (e - r)),
+            _ => None,
+        };
         let vs_envoy = |kind: Kind, f: &dyn Fn(&Sample) -> Option<f64>| {
             ratio(self.med(kind, f), self.med(Kind::Envoy, f))
         };
@@ -308,11 +328,25 @@ impl Run {
         };
         let x = |r: Option<f64>| format!("{} x", fmt(r, 2));
         let (r, floor) = (added_vs_envoy(Kind::Warden), added_vs_envoy(Kind::Relay));
+        let p99 = lat(moderate);
+        let lat_above = above(
+            self.added(Kind::Warden, p99),
+            self.added(Kind::Relay, p99),
+            self.added(Kind::Envoy, p99),
+        );
         rows.push((
             format!("added p99 @ {moderate} rps <= 0.5 x Envoy"),
             x(r),
             x(floor),
+            x(lat_above),
             r.map(|r| r <= 0.5),
+        ));
+        rows.push((
+            format!("added p99 @ {moderate} rps, above the floor <= 0.35 x Envoy's"),
+            x(lat_above),
+            String::new(),
+            x(lat_above),
+            lat_above.map(|r| r <= 0.35),
         ));
         let bulk1 = |s: &Sample| s.bulk1;
         let (r, floor) = (
@@ -327,6 +361,7 @@ impl Run {
                 x(floor),
                 x(vs_envoy(Kind::Direct, &bulk1))
             ),
+            String::new(),
             r.map(|r| r >= 1.3),
         ));
         let of_aes = |kind: Kind| self.med(kind, bulk1).zip(aes).map(|(b, a)| 100.0 * b / a);
@@ -339,20 +374,37 @@ impl Run {
                 fmt(of_aes(Kind::Relay), 1),
                 fmt(of_aes(Kind::Direct), 1)
             ),
+            String::new(),
             f.map(|f| f >= 40.0),
         ));
+        for (streams, goal) in [(1, 1.1), (8, 1.2)] {
+            let f = move |s: &Sample| if streams == 1 { s.duplex1 } else { s.duplex8 };
+            let (r, floor) = (vs_envoy(Kind::Warden, &f), vs_envoy(Kind::Relay, &f));
+            rows.push((
+                format!(
+                    "full duplex, {streams} connection{} >= {goal} x Envoy",
+                    if streams == 1 { "" } else { "s" }
+                ),
+                x(r),
+                format!("{} (direct: {})", x(floor), x(vs_envoy(Kind::Direct, &f))),
+                String::new(),
+                r.map(|r| r >= goal),
+            ));
+        }
         let conns = |s: &Sample| s.conns_per_sec;
         let r = vs_envoy(Kind::Warden, &conns);
         rows.push((
             "new connections/s >= 1.5 x Envoy".into(),
             x(r),
             "(no TLS)".into(),
+            String::new(),
             r.map(|r| r >= 1.5),
         ));
         let m = self.med(Kind::Warden, Sample::rss_idle_max);
         rows.push((
             "idle RSS < 15 MiB (per sidecar)".into(),
             format!("{} MiB", fmt(m, 1)),
+            String::new(),
             String::new(),
             m.map(|m| m < 15.0),
         ));
@@ -361,33 +413,47 @@ impl Run {
             "memory per idle connection <= 0.5 x Envoy".into(),
             x(r),
             String::new(),
+            String::new(),
             r.map(|r| r <= 0.5),
         ));
         let (r, floor) = (vs_envoy(Kind::Warden, &cpu), vs_envoy(Kind::Relay, &cpu));
+        let cpu_above = above(
+            self.med(Kind::Warden, cpu),
+            self.med(Kind::Relay, cpu),
+            self.med(Kind::Envoy, cpu),
+        );
         rows.push((
             format!("CPU per request @ {busiest} rps <= 0.5 x Envoy"),
             x(r),
             x(floor),
+            x(cpu_above),
             r.map(|r| r <= 0.5),
+        ));
+        rows.push((
+            format!("CPU per request @ {busiest} rps, above the floor <= 0.25 x Envoy's"),
+            x(cpu_above),
+            String::new(),
+            x(cpu_above),
+            cpu_above.map(|r| r <= 0.25),
         ));
         let _ = writeln!(
             w,
-            "| target | Warden, this run | floor: two plain TCP relays, same run | met |\n| --- | ---: | ---: | --- |"
+            "| target | Warden, this run | floor: two plain TCP relays, same run | cost above the floor / Envoy's cost above the floor | met |\n| --- | ---: | ---: | ---: | --- |"
         );
-        for (name, value, floor, met) in rows {
+        for (name, value, floor, above, met) in rows {
             let met = match met {
                 Some(true) => "yes",
                 Some(false) => "**no**",
                 None => "n/a",
             };
-            let _ = writeln!(w, "| {name} | {value} | {floor} | {met} |");
+            let _ = writeln!(w, "| {name} | {value} | {floor} | {above} | {met} |");
         }
     }
 
     fn raw(&self, w: &mut String) {
         let _ = writeln!(
             w,
-            "\n<details><summary>Per-round values</summary>\n\n| round | topology | load avg | p50/p99/p99.9 µs per rate | bulk 1 / 8 MiB/s | conns/s | RSS idle MiB | RSS +conns MiB | alive | threads | error |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            "\n<details><summary>Per-round values</summary>\n\n| round | topology | load avg | p50/p99/p99.9 µs per rate | bulk 1 / 8 MiB/s | duplex 1 / 8 MiB/s | conns/s | RSS idle MiB | RSS +conns MiB | alive | threads | error |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         let mut all: Vec<(&str, &Sample)> = self
             .samples
@@ -421,12 +487,14 @@ impl Run {
             };
             let _ = writeln!(
                 w,
-                "| {} | {k} | {} | {} | {} / {} | {} | {} | {} | {}/{} | {} | {} |",
+                "| {} | {k} | {} | {} | {} / {} | {} / {} | {} | {} | {} | {}/{} | {} | {} |",
                 s.round + 1,
                 s.loadavg,
                 lat.join("; "),
                 fmt(s.bulk1.map(|b| b / MIB), 0),
                 fmt(s.bulk8.map(|b| b / MIB), 0),
+                fmt(s.duplex1.map(|b| b / MIB), 0),
+                fmt(s.duplex8.map(|b| b / MIB), 0),
                 if s.conn_failed > 0 {
                     format!("{} ({} failed)", fmt(s.conns_per_sec, 0), s.conn_failed)
                 } else {
