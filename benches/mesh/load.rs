@@ -40,7 +40,7 @@ impl Pattern {
     /// Fills `buf` with the next bytes of the stream (the offset stays word-aligned as long
     /// as every buffer's length is a multiple of 8).
     pub fn fill(&mut self, buf: &mut [u8]) {
-        debug_assert!(self.offset % 8 == 0 && buf.len() % 8 == 0);
+        debug_assert!(self.offset.is_multiple_of(8) && buf.len().is_multiple_of(8));
         let first = self.offset / 8;
         for (i, w) in buf.chunks_exact_mut(8).enumerate() {
             w.copy_from_slice(&(first + i as u64).wrapping_mul(K).to_le_bytes());
@@ -50,7 +50,7 @@ impl Pattern {
 
     /// Checks that `data` is the next part of the stream.
     pub fn check(&mut self, mut data: &[u8]) {
-        while !data.is_empty() && self.offset % 8 != 0 {
+        while !data.is_empty() && !self.offset.is_multiple_of(8) {
             self.bad |= data[0] != Self::byte(self.offset);
             self.offset += 1;
             data = &data[1..];
