@@ -41,7 +41,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self, String> {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self, String> {
         let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let child = cmd
             .stdin(Stdio::null())
@@ -129,7 +129,7 @@ pub fn free_port() -> SocketAddr {
     l.local_addr().expect("local address")
 }
 
-fn ident(dir: &Path, who: &str, file: &str) -> String {
+pub fn ident(dir: &Path, who: &str, file: &str) -> String {
     dir.join(who).join(file).display().to_string()
 }
 
@@ -205,13 +205,13 @@ pub fn start_relay(app: SocketAddr, dir: &Path, workers: usize) -> Result<Topolo
 
 /// Settings shared by both Envoys: TLS 1.3 only, one key exchange group, no session
 /// resumption (Warden issues no tickets either, so every connection is a full handshake).
-fn envoy_tls_params(group: &str) -> String {
+pub fn envoy_tls_params(group: &str) -> String {
     format!(
         "tls_params: {{tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3, ecdh_curves: [\"{group}\"]}}"
     )
 }
 
-fn envoy_certs(dir: &Path, who: &str) -> String {
+pub fn envoy_certs(dir: &Path, who: &str) -> String {
     format!(
         r#"tls_certificates:
             - certificate_chain: {{filename: "{cert}"}}
@@ -221,7 +221,7 @@ fn envoy_certs(dir: &Path, who: &str) -> String {
     )
 }
 
-fn envoy_cluster(name: &str, to: SocketAddr, transport: &str) -> String {
+pub fn envoy_cluster(name: &str, to: SocketAddr, transport: &str) -> String {
     format!(
         r#"  - name: {name}
     type: STATIC
