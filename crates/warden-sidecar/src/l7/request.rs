@@ -329,7 +329,14 @@ fn to_app(ctx: &ConnCtx, req: Request<Incoming>, path: &str) -> Result<Request<I
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named by `Connection` are hop-by-hop too.
+    // Headers named by `Connection` are hop-by-hop too (most requests have none: no
+    // allocation then).
+    if !headers.contains_key(header::CONNECTION) {
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
