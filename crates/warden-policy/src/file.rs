@@ -10,12 +10,7 @@ use std::fmt::{self, Write as _};
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use warden_identity::SpiffeIdError;
-
-use crate::model::{
-    Direction, ListenerNameError, PartError, RawListeners, WorkloadPolicy, validate_parts,
-};
-use crate::pattern::PatternError;
+use crate::model::{PartError, RawListeners, WorkloadPolicy, join_key as join, validate_parts};
 use crate::route::{RawRoute, UserRequirement};
 
 /// The syntax of a policy file.
@@ -58,27 +53,10 @@ pub enum PolicyFileError {
         expected: &'static str,
         found: &'static str,
     },
-    #[error("{path}: {value:?}: {reason}")]
-    Pattern {
-        path: String,
-        value: String,
-        reason: PatternError,
-    },
-    #[error("{path}: {value:?}: {reason}")]
-    SpiffeId {
-        path: String,
-        value: String,
-        reason: SpiffeIdError,
-    },
-    #[error("{path}: {value:?} names a trust domain, not a workload (a path is required)")]
-    NotWorkload { path: String, value: String },
-    #[error("{path}: {reason}")]
-    ListenerName {
-        path: String,
-        reason: ListenerNameError,
-    },
-    #[error("{path}: {reason}")]
-    Route { path: String, reason: String },
+    /// A part of a workload policy (ID, listener name, pattern, route) failed the
+    /// validation every front-end shares; `path` is the key path of the field.
+    #[error("{path}: {}", .error.detail())]
+    Part { path: String, error: PartError },
     #[error("{path}: {value:?}: expected \"enforce\" or \"audit\"")]
     Mode { path: String, value: String },
     #[error("{path}: {spiffe_id:?} is already defined by workload[{first}]")]
@@ -395,47 +373,9 @@ fn read_workload(path: &str, node: Node) -> Result<WorkloadPolicy, PolicyFileErr
     };
     // The same validation as the wire and the store; only the error's key path is ours.
     let mut policy = validate_parts(&spiffe_id, borrowed(&inbound), borrowed(&outbound), &routes)
-        .map_err(|e| {
-        let listener_path =
-            |direction: Direction, name: &str| join(&join(path, direction.as_str()), name);
-        match e {
-            PartError::SpiffeId { value, reason } => PolicyFileError::SpiffeId {
-                path: join(path, "spiffe_id"),
-                value,
-                reason,
-            },
-            PartError::NotWorkload { value } => PolicyFileError::NotWorkload {
-                path: join(path, "spiffe_id"),
-                value,
-            },
-            PartError::ListenerName {
-                direction,
-                name,
-                reason,
-            } => PolicyFileError::ListenerName {
-                path: listener_path(direction, &name),
-                reason,
-            },
-            PartError::Pattern {
-                direction,
-                name,
-                index,
-                value,
-                reason,
-            } => PolicyFileError::Pattern {
-                path: format!("{}[{index}]", listener_path(direction, &name)),
-                value,
-                reason,
-            },
-            PartError::Route {
-                index,
-                field,
-                reason,
-            } => PolicyFileError::Route {
-                path: format!("{}[{index}].{field}", join(path, "route")),
-                reason,
-            },
-        }
+        .map_err(|error| PolicyFileError::Part {
+        path: error.field_path(path, "route"),
+        error,
     })?;
     policy.mode = mode;
     Ok(policy)
@@ -586,18 +526,6 @@ fn read_listeners(path: &str, node: Node) -> Result<Vec<(String, Vec<String>)>, 
 
 /// Appends a key to a path, quoting it when it is not a bare key (so the path stays
 /// unambiguous for names we are about to reject).
-fn join(path: &str, key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    match (path.is_empty(), bare) {
-        (true, true) => key.to_owned(),
-        (true, false) => format!("{key:?}"),
-        (false, true) => format!("{path}.{key}"),
-        (false, false) => format!("{path}.{key:?}"),
-    }
-}
 
 fn unknown_key(path: &str, expected: &'static str) -> PolicyFileError {
     PolicyFileError::UnknownKey {

@@ -172,6 +172,63 @@ pub enum PartError {
     },
 }
 
+impl PartError {
+    /// The field the error is about, as a key path below `base` (a file's `workload[0]`,
+    /// the wire's empty root): `spiffe_id`, `inbound.<name>`, `inbound.<name>[i]`,
+    /// `<routes>[i].<field>`, where `routes` is the front-end's name of the route list.
+    /// A key that is not bare is quoted (see [`join_key`]).
+    pub fn field_path(&self, base: &str, routes: &str) -> String {
+        let listener =
+            |direction: Direction, name: &str| join_key(&join_key(base, direction.as_str()), name);
+        match self {
+            PartError::SpiffeId { .. } | PartError::NotWorkload { .. } => {
+                join_key(base, "spiffe_id")
+            }
+            PartError::ListenerName {
+                direction, name, ..
+            } => listener(*direction, name),
+            PartError::Pattern {
+                direction,
+                name,
+                index,
+                ..
+            } => format!("{}[{index}]", listener(*direction, name)),
+            PartError::Route { index, field, .. } => {
+                format!("{}[{index}].{field}", join_key(base, routes))
+            }
+        }
+    }
+
+    /// What is wrong, without where: the text after `<field path>: ` in a front-end's
+    /// message.
+    pub fn detail(&self) -> String {
+        match self {
+            PartError::SpiffeId { value, reason } => format!("{value:?}: {reason}"),
+            PartError::NotWorkload { value } => {
+                format!("{value:?} names a trust domain, not a workload (a path is required)")
+            }
+            PartError::ListenerName { reason, .. } => reason.to_string(),
+            PartError::Pattern { value, reason, .. } => format!("{value:?}: {reason}"),
+            PartError::Route { reason, .. } => reason.clone(),
+        }
+    }
+}
+
+/// One step of a key path: `path.key`, or `path."key"` where the key is not bare
+/// (A-Z, a-z, 0-9, `_`, `-`); the key alone under an empty path.
+pub fn join_key(path: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    match (path.is_empty(), bare) {
+        (true, true) => key.to_owned(),
+        (true, false) => format!("{key:?}"),
+        (false, true) => format!("{path}.{key}"),
+        (false, false) => format!("{path}.{key:?}"),
+    }
+}
+
 /// Why a serialized `WorkloadPolicy` (store, cache) was rejected: the parts' validation is
 /// the same as every other front-end's.
 pub type ModelError = PartError;

@@ -14,28 +14,12 @@ use warden_proto::control::v1 as pb;
 pub enum ConvertError {
     #[error("spiffe_id {value:?}: {reason}")]
     SpiffeId { value: String, reason: String },
-    #[error("{direction}.{listener}: invalid listener name: {reason}")]
-    Listener {
-        direction: &'static str,
-        listener: String,
-        reason: String,
-    },
-    #[error("{direction}.{listener}[{index}] {value:?}: {reason}")]
-    Pattern {
-        direction: &'static str,
-        listener: String,
-        index: usize,
-        value: String,
-        reason: String,
-    },
+    /// A listener name, pattern or route failed the validation every front-end shares;
+    /// `path` is the wire field (`inbound.http[0]`, `routes[1].peers`).
+    #[error("{path}: {}", .error.detail())]
+    Part { path: String, error: PartError },
     #[error("mode {0:?}: expected \"enforce\" or \"audit\"")]
     Mode(String),
-    #[error("routes[{index}].{field}: {reason}")]
-    Route {
-        index: usize,
-        field: String,
-        reason: String,
-    },
 }
 
 fn raw_route(r: &pb::Route) -> crate::RawRoute {
@@ -136,7 +120,7 @@ pub fn from_proto(p: &pb::WorkloadPolicy) -> Result<WorkloadPolicy, ConvertError
         listeners(&p.outbound),
         &routes,
     )
-    .map_err(|e| match e {
+    .map_err(|error| match error {
         PartError::SpiffeId { value, reason } => ConvertError::SpiffeId {
             value,
             reason: reason.to_string(),
@@ -145,36 +129,9 @@ pub fn from_proto(p: &pb::WorkloadPolicy) -> Result<WorkloadPolicy, ConvertError
             reason: WorkloadIdError::NoPath(value.clone()).to_string(),
             value,
         },
-        PartError::ListenerName {
-            direction,
-            name,
-            reason,
-        } => ConvertError::Listener {
-            direction: direction.as_str(),
-            listener: name,
-            reason: reason.to_string(),
-        },
-        PartError::Pattern {
-            direction,
-            name,
-            index,
-            value,
-            reason,
-        } => ConvertError::Pattern {
-            direction: direction.as_str(),
-            listener: name,
-            index,
-            value,
-            reason: reason.to_string(),
-        },
-        PartError::Route {
-            index,
-            field,
-            reason,
-        } => ConvertError::Route {
-            index,
-            field,
-            reason,
+        error => ConvertError::Part {
+            path: error.field_path("", "routes"),
+            error,
         },
     })?;
     policy.mode = match p.mode.as_str() {
@@ -211,7 +168,20 @@ outbound.llm = ["spiffe://example.org/ns/rag/**"]
             },
         );
         let err = from_proto(&wire).expect_err("bad pattern");
-        assert!(err.to_string().starts_with("inbound.http[0]"), "{err}");
+        assert!(err.to_string().starts_with("inbound.http[0]: "), "{err}");
+        // The same key path as a policy file's, below the wire's root; a name that is not
+        // bare is quoted.
+        wire.inbound.clear();
+        wire.outbound
+            .insert("bad name".into(), pb::PatternList::default());
+        let err = from_proto(&wire)
+            .expect_err("bad listener name")
+            .to_string();
+        assert!(
+            err.starts_with("outbound.\"bad name\": listener name contains ' '"),
+            "{err}"
+        );
+        wire.outbound.remove("bad name");
         wire.mode = "audit".into();
         wire.inbound.clear();
         assert_eq!(from_proto(&wire).expect("audit").mode, crate::Mode::Audit);
