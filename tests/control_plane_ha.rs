@@ -5,7 +5,8 @@
 //! without going back a version; losing one etcd member changes nothing, losing two stops
 //! writes with a clear error while sidecars keep their policy, and everything resumes; an
 //! unreachable or mistrusted etcd is a clear start-up error; the built-in CA root is created
-//! once and shared.
+//! once and shared; a quarantine made through one replica is enforced through another,
+//! listed by a replica that starts later and released through it, with one history.
 //!
 //! Without etcd each test skips with a printed reason, unless `WARDEN_REQUIRE_ETCD=1`
 //! (set by `.ci/run`) makes that a failure.
@@ -173,6 +174,138 @@ async fn a_put_on_one_replica_is_read_and_enforced_through_another() {
     assert!(!allowed(&client).await, "revoked peer still allowed");
     assert_eq!(get_version(&mut a1, "/vectordb").await, Some(v2));
     assert_eq!(history_versions(&mut a1, "/vectordb").await, vec![v1, v2]);
+}
+
+/// The actions and versions of `workload`'s history (policy writes, quarantines, releases).
+async fn history_actions(
+    api: &mut PolicyServiceClient<Channel>,
+    workload: &str,
+) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = api
+        .history(pb::HistoryRequest {
+            spiffe_id: id(workload),
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| (e.action, e.version))
+        .collect();
+    out.sort_by_key(|(_, v)| *v);
+    out
+}
+
+#[tokio::test]
+async fn a_quarantine_made_through_one_replica_is_enforced_through_another_and_kept_in_etcd() {
+    if !etcd::available_or_skip(
+        "a_quarantine_made_through_one_replica_is_enforced_through_another_and_kept_in_etcd",
+    ) {
+        return;
+    }
+    let cluster = EtcdCluster::start(3).await;
+    let ca = Ca::new(TD);
+    let r1 = replica(&ca, &cluster, "/warden");
+    let r2 = replica(&ca, &cluster, "/warden");
+    let mut a1 = r1.admin().await;
+    let mut a2 = r2.admin().await;
+
+    let app = EchoApp::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let b = sidecar(
+        &watched_config(app.addr, &[r2.url()], dir.path()),
+        ca.identity(&id("/vectordb"), &[]),
+    )
+    .await;
+    let client = sidecar(
+        &outbound_config(b.inbound_addr("http").expect("b"), &id("/vectordb")),
+        ca.identity(&id("/retriever"), &[]),
+    )
+    .await;
+    let v1 = put(
+        &mut a1,
+        inbound_policy("/vectordb", &["/retriever"]),
+        Some(0),
+    )
+    .await
+    .expect("put");
+    wait_allowed(&client, "the retriever is allowed before the quarantine").await;
+
+    // Quarantined through replica 1; the sidecar watches replica 2.
+    let q = a1
+        .quarantine(pb::QuarantineRequest {
+            spiffe_id: id("/retriever"),
+            reason: "investigating".into(),
+        })
+        .await
+        .expect("quarantine on replica 1")
+        .into_inner()
+        .version;
+    assert!(q > v1);
+    wait_until(
+        "the sidecar watching replica 2 takes the quarantine",
+        WITHIN,
+        || b.policy().version() >= q,
+    )
+    .await;
+    assert!(
+        !allowed(&client).await,
+        "a quarantined peer is still served through replica 2's sidecar"
+    );
+    assert_eq!(
+        history_actions(&mut a2, "/retriever").await,
+        vec![("quarantine".to_owned(), q)],
+        "replica 2 shows the quarantine made on replica 1"
+    );
+
+    // A replica that starts later finds it in the store, and releases it for everyone.
+    let r3 = replica(&ca, &cluster, "/warden");
+    let mut a3 = r3.admin().await;
+    let listed = a3
+        .anomalies(pb::AnomaliesRequest { since_ms: 0 })
+        .await
+        .expect("anomalies")
+        .into_inner()
+        .quarantined;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|q| (q.spiffe_id.clone(), q.reason.clone(), q.version))
+            .collect::<Vec<_>>(),
+        vec![(id("/retriever"), "investigating".to_owned(), q)]
+    );
+    let released = a3
+        .release(pb::ReleaseRequest {
+            spiffe_id: id("/retriever"),
+            reason: "false alarm".into(),
+        })
+        .await
+        .expect("release on replica 3")
+        .into_inner()
+        .version;
+    assert!(released > q);
+    wait_allowed(
+        &client,
+        "the release made on replica 3 is enforced through replica 2",
+    )
+    .await;
+    assert_eq!(
+        history_actions(&mut a1, "/retriever").await,
+        vec![
+            ("quarantine".to_owned(), q),
+            ("release".to_owned(), released)
+        ],
+        "one history in every replica"
+    );
+    // Releasing again: nothing to release, on any replica.
+    let err = a2
+        .release(pb::ReleaseRequest {
+            spiffe_id: id("/retriever"),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("not in quarantine");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
 }
 
 #[tokio::test]

@@ -1,15 +1,15 @@
 //! `EtcdStore` against a REAL etcd (one member of Debian's `/usr/bin/etcd` on 127.0.0.1, client
 //! TLS): the same contract as the embedded store's unit tests (versions are store revisions,
 //! compare-and-set, history kept, failed writes change nothing), workloads whose IDs are
-//! prefixes of each other kept apart, and the change feed replaying from a past revision in
-//! order.
+//! prefixes of each other kept apart, quarantines kept and released with their history, and
+//! the change feed replaying policy and quarantine changes from a past revision in order.
 //!
 //! Without etcd each test skips with a printed reason, unless `WARDEN_REQUIRE_ETCD=1`.
 
 #[path = "support/etcd.rs"]
 mod etcd;
 
-use warden_control::store::{Action, EtcdStore, PolicyStore, StoreError};
+use warden_control::store::{Action, Change, EtcdStore, PolicyStore, StoreError};
 use warden_identity::SpiffeId;
 use warden_policy::WorkloadPolicy;
 
@@ -118,12 +118,14 @@ async fn the_etcd_store_keeps_the_store_contract() {
     let mut feed = store.changes(start).await.expect("feed");
     let mut seen = Vec::new();
     for _ in 0..4 {
-        let change = feed.recv().await.expect("open").expect("change");
-        seen.push((
-            change.revision,
-            change.workload.to_string(),
-            change.policy.is_some(),
-        ));
+        match feed.recv().await.expect("open").expect("change") {
+            Change::Policy {
+                revision,
+                workload,
+                policy,
+            } => seen.push((revision, workload.to_string(), policy.is_some())),
+            other => panic!("not a policy change: {other:?}"),
+        }
     }
     assert_eq!(
         seen,
@@ -141,8 +143,98 @@ async fn the_etcd_store_keeps_the_store_contract() {
         .expect("put");
     let change = feed.recv().await.expect("open").expect("change");
     assert_eq!(
-        (change.revision, change.policy.map(|p| p.version)),
-        (b2.version, Some(b2.version))
+        change,
+        Change::Policy {
+            revision: b2.version,
+            workload: id("/w/x"),
+            policy: Some(b2.clone()),
+        }
+    );
+
+    // Quarantine: durable, versioned, in its own history, on the feed among the writes.
+    let q1 = store
+        .set_quarantine(&id("/w/x"), false, admin.as_str(), "probing", 20)
+        .await
+        .expect("quarantine");
+    assert!(q1 > b2.version);
+    assert_eq!(
+        feed.recv().await.expect("open").expect("change"),
+        Change::Quarantine { revision: q1 }
+    );
+    let again = store
+        .set_quarantine(&id("/w/x"), false, admin.as_str(), "again", 21)
+        .await
+        .expect("already");
+    assert_eq!(again, q1, "quarantining twice changes nothing");
+    let err = store
+        .set_quarantine(&id("/w"), true, admin.as_str(), "", 22)
+        .await
+        .expect_err("not in quarantine");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    // An identity whose ID extends /w/x is a different identity.
+    assert!(
+        store
+            .set_quarantine(&id("/w/x/y"), true, admin.as_str(), "", 22)
+            .await
+            .is_err()
+    );
+    let (list, last) = store.quarantined().await.expect("list");
+    assert_eq!(last, q1);
+    assert_eq!(
+        list.iter()
+            .map(|q| (
+                q.spiffe_id.clone(),
+                q.version,
+                q.by.clone(),
+                q.reason.clone()
+            ))
+            .collect::<Vec<_>>(),
+        vec![(
+            id("/w/x").to_string(),
+            q1,
+            admin.to_string(),
+            "probing".to_owned()
+        )]
+    );
+    let released = store
+        .set_quarantine(&id("/w/x"), true, admin.as_str(), "false alarm", 23)
+        .await
+        .expect("release");
+    assert!(released > q1);
+    assert_eq!(
+        feed.recv().await.expect("open").expect("change"),
+        Change::Quarantine { revision: released }
+    );
+    assert_eq!(
+        store.quarantined().await.expect("list"),
+        (Vec::new(), released)
+    );
+    let events = store
+        .quarantine_history(&id("/w/x"))
+        .await
+        .expect("history");
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.version, e.released, e.reason.as_str(), e.at_unix_ms))
+            .collect::<Vec<_>>(),
+        vec![
+            (q1, false, "probing", 20),
+            (released, true, "false alarm", 23)
+        ]
+    );
+    // A feed asked from before the quarantine replays it in order.
+    let mut replay = store.changes(b2.version).await.expect("feed");
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        kinds.push(replay.recv().await.expect("open").expect("change"));
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            Change::Quarantine { revision: q1 },
+            Change::Quarantine { revision: released }
+        ]
     );
 }
 

@@ -10,9 +10,11 @@
 //!
 //! The quarantine list goes into every snapshot: a quarantine or release is pushed to every
 //! channel at once ([`Fanout::set_quarantine`]), with the store revision of that change as
-//! the snapshot's version when it is the latest. Quarantines are not on the change feed
-//! (only the embedded store keeps them, and it has one replica), so the replica that made
-//! the change pushes it.
+//! the snapshot's version when it is the latest. The feed carries each quarantine change
+//! (its revision only): the feeder reads the list again and pushes it, so a quarantine made
+//! through any replica reaches the sidecars of every replica. The replica that made it
+//! also pushes it at once, without waiting for the feed; a list is taken only when it is
+//! newer than the one in place, so the second push of the same change does nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,14 +83,11 @@ impl Fanout {
     /// Starts following the store from its current revision.
     pub(crate) async fn start(store: Arc<dyn PolicyStore>) -> Result<Self, StoreError> {
         let revision = store.revision().await?;
-        let (quarantined, q_revision) = store.quarantined().await?;
+        let quarantine = read_quarantine(store.as_ref()).await?;
         let feed = store.changes(revision).await?;
         let channels = Arc::new(Mutex::new(Channels {
             applied: revision,
-            quarantine: QuarantineList {
-                ids: quarantined.into_iter().map(|q| q.spiffe_id).collect(),
-                revision: q_revision,
-            },
+            quarantine,
             ..Channels::default()
         }));
         let feeder = tokio::spawn(feed_loop(store.clone(), channels.clone(), feed));
@@ -118,35 +117,51 @@ impl Fanout {
         Ok(rx)
     }
 
-    /// Puts a new quarantine list in every snapshot, now. Lists older than the one in
-    /// place (a slower concurrent change) are ignored.
+    /// Puts a new quarantine list in every snapshot, now. A list no newer than the one in
+    /// place (a slower concurrent change, or the feed bringing a change already pushed) is
+    /// ignored.
     pub(crate) async fn set_quarantine(&self, list: QuarantineList) {
-        let mut channels = self.channels.lock().await;
-        if list.revision < channels.quarantine.revision {
-            return;
-        }
-        for ch in channels.by_workload.values() {
-            let current = ch.tx.borrow().clone();
-            let mut next = (*current).clone();
-            next.quarantined = list.ids.clone();
-            next.version = next.version.max(list.revision);
-            ch.tx.send_replace(Arc::new(next));
-        }
-        channels.quarantine = list;
+        set_quarantine(&mut *self.channels.lock().await, list);
     }
 }
 
-fn apply(channels: &mut Channels, change: Change) {
-    channels.applied = channels.applied.max(change.revision);
-    if let Some(ch) = channels.by_workload.get_mut(&change.workload)
-        && change.revision > ch.as_of
+fn set_quarantine(channels: &mut Channels, list: QuarantineList) {
+    if list.revision <= channels.quarantine.revision {
+        return;
+    }
+    for ch in channels.by_workload.values() {
+        let current = ch.tx.borrow().clone();
+        let mut next = (*current).clone();
+        next.quarantined = list.ids.clone();
+        next.version = next.version.max(list.revision);
+        ch.tx.send_replace(Arc::new(next));
+    }
+    channels.quarantine = list;
+}
+
+/// The store's quarantine list, as the snapshots carry it.
+async fn read_quarantine(store: &dyn PolicyStore) -> Result<QuarantineList, StoreError> {
+    let (quarantined, revision) = store.quarantined().await?;
+    Ok(QuarantineList {
+        ids: quarantined.into_iter().map(|q| q.spiffe_id).collect(),
+        revision,
+    })
+}
+
+/// Applies a policy change to its workload's channel, if watched and newer.
+fn apply(
+    channels: &mut Channels,
+    revision: u64,
+    workload: &SpiffeId,
+    policy: Option<&WorkloadPolicy>,
+) {
+    channels.applied = channels.applied.max(revision);
+    if let Some(ch) = channels.by_workload.get_mut(workload)
+        && revision > ch.as_of
     {
-        ch.as_of = change.revision;
-        ch.tx.send_replace(snapshot_of(
-            change.policy.as_ref(),
-            change.revision,
-            &channels.quarantine,
-        ));
+        ch.as_of = revision;
+        ch.tx
+            .send_replace(snapshot_of(policy, revision, &channels.quarantine));
     }
 }
 
@@ -179,6 +194,8 @@ async fn resync(store: &dyn PolicyStore, channels: &Mutex<Channels>) -> Result<u
         }
     }
     channels.applied = channels.applied.max(from);
+    let quarantine = read_quarantine(store).await?;
+    set_quarantine(channels, quarantine);
     Ok(from)
 }
 
@@ -190,7 +207,28 @@ async fn feed_loop(
     loop {
         let ended = loop {
             match feed.recv().await {
-                Some(Ok(change)) => apply(&mut *channels.lock().await, change),
+                Some(Ok(Change::Policy {
+                    revision,
+                    workload,
+                    policy,
+                })) => apply(
+                    &mut *channels.lock().await,
+                    revision,
+                    &workload,
+                    policy.as_ref(),
+                ),
+                Some(Ok(Change::Quarantine { revision })) => {
+                    // The list as of this change or later; a failed read is a lost place
+                    // in the feed like any other (reload, then follow again).
+                    match read_quarantine(store.as_ref()).await {
+                        Ok(list) => {
+                            let mut guard = channels.lock().await;
+                            guard.applied = guard.applied.max(revision);
+                            set_quarantine(&mut guard, list);
+                        }
+                        Err(e) => break e.to_string(),
+                    }
+                }
                 Some(Err(e)) => break e.to_string(),
                 None => break "the change feed closed".to_owned(),
             }

@@ -8,7 +8,8 @@
 //! current version (0: no policy yet).
 //!
 //! The change feed ([`PolicyStore::changes`]) is how every replica learns of every write,
-//! its own included: each change once, in revision order, without gaps.
+//! its own included: each change once, in revision order, without gaps. Quarantines and
+//! releases are writes too, in the same revision order and on the same feed.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -102,12 +103,25 @@ pub struct QuarantineEvent {
 
 /// One write, as the change feed delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    /// The revision of the write (the policy's version for a put).
-    pub revision: u64,
-    pub workload: SpiffeId,
-    /// The policy after the write; `None` for a deletion.
-    pub policy: Option<WorkloadPolicy>,
+pub enum Change {
+    /// A workload's policy was put (`policy` is the policy after it) or deleted (`None`).
+    Policy {
+        /// The revision of the write (the policy's version for a put).
+        revision: u64,
+        workload: SpiffeId,
+        policy: Option<WorkloadPolicy>,
+    },
+    /// An identity was put in quarantine or released: the list is read again
+    /// ([`PolicyStore::quarantined`]); the feed says only that it changed, and when.
+    Quarantine { revision: u64 },
+}
+
+impl Change {
+    pub fn revision(&self) -> u64 {
+        match self {
+            Change::Policy { revision, .. } | Change::Quarantine { revision } => *revision,
+        }
+    }
 }
 
 /// The change feed: `Ok` changes in revision order; an `Err` ends it (read the state again,
@@ -151,9 +165,9 @@ pub trait PolicyStore: Send + Sync + 'static {
     async fn changes(&self, after: u64) -> Result<ChangeFeed, StoreError>;
 
     /// Puts `id` in quarantine, or releases it (`release`), durably, with who and why;
-    /// returns the store revision of the change. Quarantining an identity already in
-    /// quarantine changes nothing and returns its revision; releasing one that is not is
-    /// `NotFound`. Stores that do not keep quarantines refuse.
+    /// returns the store revision of the change, which is also on the change feed.
+    /// Quarantining an identity already in quarantine changes nothing and returns its
+    /// revision; releasing one that is not is `NotFound`.
     async fn set_quarantine(
         &self,
         id: &SpiffeId,
@@ -161,23 +175,12 @@ pub trait PolicyStore: Send + Sync + 'static {
         by: &str,
         reason: &str,
         now_ms: u64,
-    ) -> Result<u64, StoreError> {
-        let _ = (id, release, by, reason, now_ms);
-        Err(StoreError::Backend(format!(
-            "{}: this store does not keep quarantines yet (the embedded store does)",
-            self.describe()
-        )))
-    }
+    ) -> Result<u64, StoreError>;
 
     /// Every identity in quarantine, and the revision of the last quarantine or release (0:
-    /// none ever).
-    async fn quarantined(&self) -> Result<(Vec<Quarantined>, u64), StoreError> {
-        Ok((Vec::new(), 0))
-    }
+    /// none ever), from one read.
+    async fn quarantined(&self) -> Result<(Vec<Quarantined>, u64), StoreError>;
 
     /// Every quarantine and release of `id`, oldest first.
-    async fn quarantine_history(&self, id: &SpiffeId) -> Result<Vec<QuarantineEvent>, StoreError> {
-        let _ = id;
-        Ok(Vec::new())
-    }
+    async fn quarantine_history(&self, id: &SpiffeId) -> Result<Vec<QuarantineEvent>, StoreError>;
 }

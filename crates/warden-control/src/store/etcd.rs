@@ -10,6 +10,13 @@
 //!   workload's history never matches the prefix of another's.
 //! - `P/ca/<trust domain>`: the built-in CA's root certificate and key (JSON), created once
 //!   by whichever replica starts first.
+//! - `P/quarantined/<spiffe id>`: an identity in quarantine (JSON: who, why, when); its
+//!   revision is the key's `mod_revision`. Released = removed.
+//! - `P/quarantine-history/<spiffe id>#<random>`: one key per quarantine or release, written
+//!   once in the same transaction, like the policy history.
+//! - `P/quarantine-revision`: rewritten (empty) by every quarantine and release, so its
+//!   `mod_revision` is the revision of the last one, and the change feed (a watch on all of
+//!   `P/`) sees each of them in revision order among the policy writes.
 //!
 //! Compare-and-set is an etcd transaction comparing the policy key's `mod_revision` (0 for
 //! a key that does not exist, which is what `--expected-version 0` means). Every write also
@@ -28,7 +35,9 @@ use warden_proto::etcd::etcdserverpb::compare::{CompareResult, CompareTarget, Ta
 use warden_proto::etcd::mvccpb::KeyValue;
 use zeroize::Zeroizing;
 
-use super::{Action, Change, ChangeFeed, HistoryEntry, PolicyStore, StoreError};
+use super::{
+    Action, Change, ChangeFeed, HistoryEntry, PolicyStore, QuarantineEvent, Quarantined, StoreError,
+};
 use crate::config::EtcdConfig;
 use crate::etcd::{
     Etcd, EtcdError, WatchEnd, WatchEvent, leader_request, prefix_end, watch_prefix,
@@ -207,10 +216,18 @@ impl EtcdStore {
 
     /// Every key-value with `prefix`, page by page, all pages read at one revision.
     async fn range_prefix(&self, prefix: &[u8]) -> Result<(Vec<KeyValue>, u64), StoreError> {
+        self.range_prefix_at(prefix, 0).await
+    }
+
+    /// [`Self::range_prefix`] at revision `at` (0: the latest, then held for every page).
+    async fn range_prefix_at(
+        &self,
+        prefix: &[u8],
+        mut at: i64,
+    ) -> Result<(Vec<KeyValue>, u64), StoreError> {
         let end = prefix_end(prefix);
         let mut out = Vec::new();
         let mut from = prefix.to_vec();
-        let mut at = 0i64;
         loop {
             let req = rpc::RangeRequest {
                 key: from.clone(),
@@ -294,9 +311,22 @@ impl EtcdStore {
         }))
     }
 
+    fn quarantined_key(&self, id: &SpiffeId) -> Vec<u8> {
+        self.key(&format!("quarantined/{id}"))
+    }
+
+    fn quarantine_history_prefix(&self, id: &SpiffeId) -> Vec<u8> {
+        self.key(&format!("quarantine-history/{id}#"))
+    }
+
     /// The key of a write's history entry and the compares every write starts with.
     fn write_guard(&self, id: &SpiffeId) -> Result<(Vec<u8>, rpc::Compare), StoreError> {
-        let mut key = self.history_prefix(id);
+        self.fresh_key(self.history_prefix(id))
+    }
+
+    /// A new key under `prefix` (a history prefix) and the compare that it is still absent:
+    /// a write retried after a timeout finds it if the first attempt was applied.
+    fn fresh_key(&self, mut key: Vec<u8>) -> Result<(Vec<u8>, rpc::Compare), StoreError> {
         key.extend_from_slice(random_suffix()?.as_bytes());
         let fresh = compare(&key, CompareTarget::Create, 0);
         Ok((key, fresh))
@@ -457,8 +487,111 @@ impl PolicyStore for EtcdStore {
         Ok(revision_of(resp.header.as_ref()))
     }
 
+    async fn set_quarantine(
+        &self,
+        id: &SpiffeId,
+        release: bool,
+        by: &str,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let key = self.quarantined_key(id);
+        let (history_key, fresh) = self.fresh_key(self.quarantine_history_prefix(id))?;
+        let event = QuarantineEvent {
+            version: 0,
+            at_unix_ms: now_ms,
+            by: by.to_owned(),
+            released: release,
+            reason: reason.to_owned(),
+        };
+        let marker = self.key("quarantine-revision");
+        let (state, change) = if release {
+            (exists(&key), delete_op(&key))
+        } else {
+            let record = Quarantined {
+                spiffe_id: id.to_string(),
+                version: 0,
+                at_unix_ms: now_ms,
+                by: by.to_owned(),
+                reason: reason.to_owned(),
+            };
+            (
+                compare(&key, CompareTarget::Create, 0),
+                put_op(&key, json(&record)?),
+            )
+        };
+        let txn = rpc::TxnRequest {
+            compare: vec![fresh, state],
+            success: vec![
+                change,
+                put_op(&history_key, json(&event)?),
+                put_op(&marker, Vec::new()),
+            ],
+            failure: vec![get_op(&key), get_op(&history_key)],
+        };
+        let resp = self.txn(txn).await?;
+        if resp.succeeded {
+            return Ok(revision_of(resp.header.as_ref()));
+        }
+        if let Some(mine) = range_kvs(&resp, 1) {
+            // A retry after a timeout: the first attempt was applied.
+            return Ok(mine.create_revision.max(0) as u64);
+        }
+        match range_kvs(&resp, 0) {
+            // Already in quarantine: nothing written, its revision returned.
+            Some(kv) if !release => Ok(kv.mod_revision.max(0) as u64),
+            _ => Err(StoreError::NotFound(id.to_string())),
+        }
+    }
+
+    async fn quarantined(&self) -> Result<(Vec<Quarantined>, u64), StoreError> {
+        // The marker first: its read fixes the revision the list is then read at.
+        let req = rpc::RangeRequest {
+            key: self.key("quarantine-revision"),
+            ..Default::default()
+        };
+        let resp = self
+            .etcd
+            .kv(|mut kv| {
+                let req = req.clone();
+                async move { kv.range(leader_request(req)).await }
+            })
+            .await
+            .map_err(|e| self.err(e))?;
+        let last = resp
+            .kvs
+            .first()
+            .map_or(0, |kv| kv.mod_revision.max(0) as u64);
+        let at = revision_of(resp.header.as_ref()) as i64;
+        let (kvs, _) = self.range_prefix_at(&self.key("quarantined/"), at).await?;
+        let mut out = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            let mut q: Quarantined = serde_json::from_slice(&kv.value)
+                .map_err(|e| self.corrupt(&kv.key, format!("not a quarantine record: {e}")))?;
+            q.version = kv.mod_revision.max(0) as u64;
+            out.push(q);
+        }
+        Ok((out, last))
+    }
+
+    async fn quarantine_history(&self, id: &SpiffeId) -> Result<Vec<QuarantineEvent>, StoreError> {
+        let (kvs, _) = self
+            .range_prefix(&self.quarantine_history_prefix(id))
+            .await?;
+        let mut out = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            let mut event: QuarantineEvent = serde_json::from_slice(&kv.value)
+                .map_err(|e| self.corrupt(&kv.key, format!("not a quarantine event: {e}")))?;
+            event.version = kv.create_revision.max(0) as u64;
+            out.push(event);
+        }
+        out.sort_by_key(|e| e.version);
+        Ok(out)
+    }
+
     async fn changes(&self, after: u64) -> Result<ChangeFeed, StoreError> {
-        let prefix = self.key("policies/");
+        // The whole prefix: policy writes and the quarantine marker, in one revision order.
+        let prefix = self.key("");
         let mut events = watch_prefix(self.etcd.clone(), prefix.clone(), after as i64 + 1);
         let (tx, rx) = mpsc::channel(1024);
         let label = self.label.clone();
@@ -504,7 +637,9 @@ impl PolicyStore for EtcdStore {
 }
 
 impl EtcdStore {
-    /// A watch event as a change; a key that does not name a workload is skipped (logged).
+    /// A watch event under the store's prefix as a change: a policy key is a policy change,
+    /// the quarantine marker a quarantine change; history and CA keys are not changes. A
+    /// policy key that does not name a workload is skipped (logged).
     fn change(
         &self,
         prefix: &[u8],
@@ -512,10 +647,16 @@ impl EtcdStore {
         value: Option<Vec<u8>>,
         revision: i64,
     ) -> Option<Change> {
-        let name = key
-            .strip_prefix(prefix)
-            .and_then(|k| std::str::from_utf8(k).ok());
-        let Some(workload) = name.and_then(|n| SpiffeId::parse(n).ok()) else {
+        let rest = key.strip_prefix(prefix)?;
+        if rest == b"quarantine-revision" {
+            return Some(Change::Quarantine {
+                revision: revision.max(0) as u64,
+            });
+        }
+        let name = rest
+            .strip_prefix(b"policies/")
+            .map(|k| std::str::from_utf8(k).ok());
+        let Some(workload) = name?.and_then(|n| SpiffeId::parse(n).ok()) else {
             tracing::warn!(key = %String::from_utf8_lossy(key), "a key under the policies prefix does not name a workload; ignored");
             return None;
         };
@@ -538,7 +679,7 @@ impl EtcdStore {
                 }
             }
         };
-        Some(Change {
+        Some(Change::Policy {
             revision: revision.max(0) as u64,
             workload,
             policy,

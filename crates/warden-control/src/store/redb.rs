@@ -24,8 +24,8 @@ const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
-/// Identities in quarantine, and every quarantine and release (never in the change feed:
-/// the fan-out pushes them itself).
+/// Identities in quarantine, and every quarantine and release (on the change feed as
+/// [`Change::Quarantine`], which carries no more than the revision).
 const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 const QUARANTINE_HISTORY: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("quarantine_history");
@@ -143,20 +143,24 @@ impl Inner {
         };
         // redb's default durability is Immediate: commit returns after fsync.
         txn.commit().map_err(backend)?;
-        let feed = lock(&self.feed).clone();
-        if let Some(feed) = feed {
-            let change = Change {
-                revision: entry.version,
-                workload: id.clone(),
-                policy: entry.policy.clone(),
-            };
-            // Blocks only while the reader is 1,024 changes behind; a reader that is gone
-            // is simply not fed.
-            if feed.blocking_send(Ok(change)).is_err() {
-                *lock(&self.feed) = None;
-            }
-        }
+        self.publish(Change::Policy {
+            revision: entry.version,
+            workload: id.clone(),
+            policy: entry.policy.clone(),
+        });
         Ok(entry)
+    }
+
+    /// Puts a committed change on the feed. Called with `writing` held, so the feed is in
+    /// commit order. Blocks only while the reader is 1,024 changes behind; a reader that is
+    /// gone is simply not fed.
+    fn publish(&self, change: Change) {
+        let feed = lock(&self.feed).clone();
+        if let Some(feed) = feed
+            && feed.blocking_send(Ok(change)).is_err()
+        {
+            *lock(&self.feed) = None;
+        }
     }
 }
 
@@ -240,14 +244,26 @@ impl Inner {
                     .map_err(|e| StoreError::Backend(format!("corrupt history record: {e}")))?;
                 let workload = SpiffeId::parse(workload)
                     .map_err(|e| StoreError::Backend(format!("corrupt history key: {e}")))?;
-                missed.push(Change {
+                missed.push(Change::Policy {
                     revision: entry.version,
                     workload,
                     policy: entry.policy,
                 });
             }
         }
-        missed.sort_by_key(|c| c.revision);
+        // Quarantines: the feed says only that the list changed, so the last one will do.
+        let quarantine_revision = txn
+            .open_table(META)
+            .map_err(backend)?
+            .get(QUARANTINE_REVISION)
+            .map_err(backend)?
+            .map_or(0, |v| v.value());
+        if quarantine_revision > after {
+            missed.push(Change::Quarantine {
+                revision: quarantine_revision,
+            });
+        }
+        missed.sort_by_key(Change::revision);
         let (tx, rx) = mpsc::channel(1024.max(missed.len() + 1));
         for change in missed {
             // Cannot fail: the channel has room for all of them and the receiver is here.
@@ -350,6 +366,7 @@ impl Inner {
             revision
         };
         txn.commit().map_err(backend)?;
+        self.publish(Change::Quarantine { revision });
         Ok(revision)
     }
 
@@ -655,24 +672,41 @@ mod tests {
             .put(policy("/v"), Some(2), &admin, 4)
             .await
             .expect("put");
+        store
+            .set_quarantine(&id("/v"), false, admin.as_str(), "probing", 5)
+            .await
+            .expect("quarantine");
         let mut seen = Vec::new();
-        for _ in 0..3 {
-            let change = feed.recv().await.expect("open").expect("change");
-            seen.push((
-                change.revision,
-                change.workload.to_string(),
-                change.policy.is_some(),
-            ));
+        for _ in 0..4 {
+            seen.push(feed.recv().await.expect("open").expect("change"));
         }
         assert_eq!(
-            seen,
+            seen.iter()
+                .map(|c| match c {
+                    Change::Policy {
+                        revision,
+                        workload,
+                        policy,
+                    } => (*revision, workload.to_string(), Some(policy.is_some())),
+                    Change::Quarantine { revision } => (*revision, "quarantine".to_owned(), None),
+                })
+                .collect::<Vec<_>>(),
             vec![
-                (2, "spiffe://example.org/v".to_owned(), true),
-                (3, "spiffe://example.org/w".to_owned(), false),
-                (4, "spiffe://example.org/v".to_owned(), true),
+                (2, "spiffe://example.org/v".to_owned(), Some(true)),
+                (3, "spiffe://example.org/w".to_owned(), Some(false)),
+                (4, "spiffe://example.org/v".to_owned(), Some(true)),
+                (5, "quarantine".to_owned(), None),
             ]
         );
         let (p, at) = store.get_at(&id("/v")).await.expect("get_at");
-        assert_eq!((p.map(|p| p.version), at), (Some(4), 4));
+        assert_eq!((p.map(|p| p.version), at), (Some(4), 5));
+        // A feed asked from before the quarantine replays it; from after, nothing.
+        let mut replay = store.changes(4).await.expect("feed");
+        assert_eq!(
+            replay.try_recv().ok().and_then(Result::ok),
+            Some(Change::Quarantine { revision: 5 })
+        );
+        let mut none = store.changes(5).await.expect("feed");
+        assert!(none.try_recv().is_err(), "nothing after revision 5");
     }
 }
