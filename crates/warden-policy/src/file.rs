@@ -524,9 +524,6 @@ fn read_listeners(path: &str, node: Node) -> Result<Vec<(String, Vec<String>)>, 
     Ok(out)
 }
 
-/// Appends a key to a path, quoting it when it is not a bare key (so the path stays
-/// unambiguous for names we are about to reject).
-
 fn unknown_key(path: &str, expected: &'static str) -> PolicyFileError {
     PolicyFileError::UnknownKey {
         path: path.to_owned(),
