@@ -230,9 +230,41 @@ pub struct RawIdentity {
     pub bundle: Option<PathBuf>,
 }
 
+/// An error with its whole `source()` chain, so that "transport error" comes with its
+/// cause: each cause not already said is appended after `: `. Used wherever a client's
+/// error is reported as one line (the control plane's etcd client, the sidecar's control
+/// and Workload API clients).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let s = inner.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = inner.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chain_appends_causes_not_already_said() {
+        #[derive(Debug, Error)]
+        #[error("transport error")]
+        struct Outer(#[source] std::io::Error);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(error_chain(&Outer(io)), "transport error: refused");
+        #[derive(Debug, Error)]
+        #[error("connect: {0}")]
+        struct Said(#[source] std::io::Error);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(error_chain(&Said(io)), "connect: refused");
+    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -23,6 +23,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
+use warden_config::error_chain;
 use warden_proto::etcd::etcdserverpb as rpc;
 use warden_proto::etcd::etcdserverpb::kv_client::KvClient;
 
@@ -115,21 +116,6 @@ fn client_tls(config: &EtcdConfig) -> Result<rustls::ClientConfig, EtcdError> {
     };
     tls.alpn_protocols = vec![b"h2".to_vec()];
     Ok(tls)
-}
-
-/// The whole `source()` chain of an error, so "transport error" comes with its cause.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let s = inner.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = inner.source();
-    }
-    out
 }
 
 /// Whether a failed call may succeed on another member (or the same one later): the member

@@ -10,6 +10,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
+use warden_config::error_chain;
 use warden_identity::{IdentityStore, SpiffeId};
 
 #[derive(Debug, Error)]
@@ -85,21 +86,6 @@ pub async fn connect(
             detail: format!("no connection within {timeout:?}"),
         }),
     }
-}
-
-/// The whole `source()` chain of an error, so "transport error" comes with its cause.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let s = inner.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = inner.source();
-    }
-    out
 }
 
 #[cfg(test)]

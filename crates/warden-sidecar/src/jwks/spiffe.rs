@@ -91,7 +91,7 @@ async fn stream(
         .await
         .map_err(|e| {
             (
-                format!("Workload API: {}", crate::control::client::error_chain(&e)),
+                format!("Workload API: {}", warden_config::error_chain(&e)),
                 false,
             )
         })?;
