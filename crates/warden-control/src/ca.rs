@@ -354,15 +354,9 @@ impl BuiltinCa {
     /// Issues an X509-SVID for `id`, valid for `ttl` (cut to the root's own expiry), with a
     /// fresh P-256 key.
     pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<IssuedSvid, CaError> {
-        let (cert, key, not_before, not_after) = self.sign_leaf(id, ttl)?;
-        crate::metrics::METRICS.svid_issued("x509");
-        Ok(IssuedSvid {
-            spiffe_id: id.clone(),
-            chain: vec![cert.der().clone()],
-            key: Zeroizing::new(key.serialize_der()),
-            not_before,
-            not_after,
-        })
+        let (svid, _, _) = self.sign_leaf(id, ttl)?;
+        crate::metrics::METRICS.svid_issued(crate::audit::SvidKind::X509);
+        Ok(svid)
     }
 
     /// Issues an SVID and builds the validated [`Identity`] (SVID + all bundles) from it.
@@ -376,11 +370,13 @@ impl BuiltinCa {
         )?)
     }
 
+    /// Signs a leaf for `id`: the SVID, and its certificate and key for a caller that also
+    /// writes them out as PEM.
     fn sign_leaf(
         &self,
         id: &SpiffeId,
         ttl: Duration,
-    ) -> Result<(rcgen::Certificate, KeyPair, SystemTime, SystemTime), CaError> {
+    ) -> Result<(IssuedSvid, rcgen::Certificate, KeyPair), CaError> {
         if id.trust_domain_name() != self.trust_domain.as_str() || !id.is_workload() {
             return Err(CaError::ForeignId {
                 id: id.to_string(),
@@ -423,7 +419,14 @@ impl BuiltinCa {
         params.not_before = time::OffsetDateTime::from(not_before);
         params.not_after = time::OffsetDateTime::from(not_after);
         let cert = params.signed_by(&key, &self.issuer).map_err(sign_err)?;
-        Ok((cert, key, not_before, not_after))
+        let svid = IssuedSvid {
+            spiffe_id: id.clone(),
+            chain: vec![cert.der().clone()],
+            key: Zeroizing::new(key.serialize_der()),
+            not_before,
+            not_after,
+        };
+        Ok((svid, cert, key))
     }
 }
 

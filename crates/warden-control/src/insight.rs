@@ -20,6 +20,7 @@ use warden_proto::control::v1 as pb;
 
 use self::anomaly::{Anomaly, AnomalyConfig, Detector, Kind, Response};
 use self::edges::EdgeGraph;
+use crate::audit::AuditEvent;
 use crate::quarantine::Order;
 
 /// `[edges]` of the control-plane config.
@@ -159,7 +160,7 @@ impl Insight {
             found
         };
         for a in &found {
-            tracing::warn!(target: "warden::audit", event = "anomaly", kind = a.kind.as_str(), workload = %a.workload, peer_id = %a.peer, response = a.response.as_str(), detail = %a.detail, "anomaly");
+            tracing::warn!(target: "warden::audit", event = AuditEvent::Anomaly.as_str(), kind = a.kind.as_str(), workload = %a.workload, peer_id = %a.peer, response = a.response.as_str(), detail = %a.detail, "anomaly");
             if a.response == Response::Quarantine
                 && let (Some(orders), Ok(id)) = (self.orders.get(), SpiffeId::parse(&a.workload))
             {

@@ -52,6 +52,7 @@ macro_rules! delegate_async_write {
 }
 
 pub mod admin;
+pub mod audit;
 pub mod ca;
 pub mod ca_source;
 pub mod config;

@@ -10,6 +10,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
+use crate::audit::{GateResult, SvidKind, WriteAction, WriteResult};
+
 /// The policy API's methods, as `method` label values; anything else is `other`.
 const API_METHODS: &[&str] = &[
     "PutPolicy",
@@ -56,22 +58,22 @@ fn api_method(path: &str) -> &'static str {
 
 impl ControlMetrics {
     /// A policy API call got past the gate (`admitted`) or was refused there (`refused`).
-    pub fn api_call(&self, path: &str, result: &'static str) {
+    pub fn api_call(&self, path: &str, result: GateResult) {
         *lock(&self.api_calls)
-            .entry((api_method(path), result))
+            .entry((api_method(path), result.as_str()))
             .or_insert(0) += 1;
     }
 
-    /// A policy write: `action` put/delete/quarantine/release, `result` ok/error.
-    pub fn policy_write(&self, action: &'static str, result: &'static str) {
+    /// A policy or quarantine write and how it ended.
+    pub fn policy_write(&self, action: WriteAction, result: WriteResult) {
         *lock(&self.policy_writes)
-            .entry((action, result))
+            .entry((action.as_str(), result.as_str()))
             .or_insert(0) += 1;
     }
 
-    /// The built-in CA issued an SVID (`x509` or `jwt`).
-    pub fn svid_issued(&self, kind: &'static str) {
-        *lock(&self.svids_issued).entry(kind).or_insert(0) += 1;
+    /// The built-in CA issued an SVID.
+    pub fn svid_issued(&self, kind: SvidKind) {
+        *lock(&self.svids_issued).entry(kind.as_str()).or_insert(0) += 1;
     }
 
     /// A Workload API call (its gRPC method name).
@@ -219,9 +221,12 @@ mod tests {
     #[test]
     fn encodes_openmetrics() {
         let m = ControlMetrics::default();
-        m.api_call("/warden.control.v1.PolicyService/Status", "refused");
-        m.policy_write("put", "ok");
-        m.svid_issued("x509");
+        m.api_call(
+            "/warden.control.v1.PolicyService/Status",
+            GateResult::Refused,
+        );
+        m.policy_write(WriteAction::Put, WriteResult::Ok);
+        m.svid_issued(SvidKind::X509);
         m.workload_api_call("FetchX509SVID");
         m.watcher_opened();
         let insight = crate::insight::Insight::new(

@@ -21,6 +21,7 @@ use warden_proto::control::v1::policy_service_server::PolicyService;
 
 use warden_identity::peer_share::PeerCounts;
 
+use crate::audit::{AuditEvent, Decision, GateResult, WriteAction, WriteResult};
 use crate::fanout::Fanout;
 use crate::grpc_limits::{ConnInfo, Gate, LogBudget, MethodLimits, Permit};
 use crate::insight::Insight;
@@ -154,7 +155,7 @@ fn store_status(e: StoreError, detailed: bool) -> Status {
 /// Audits (rate-bounded) and words the refusal of a call that needs an admin.
 fn refuse_non_admin(caller: &Caller, method: &str) -> Status {
     if let Some(suppressed) = REFUSAL_LOG.admit() {
-        tracing::warn!(target: "warden::audit", event = "api", method, caller = %caller.spiffe_id, addr = %caller.addr, decision = "deny", suppressed, "control-plane call refused: not an admin");
+        tracing::warn!(target: "warden::audit", event = AuditEvent::Api.as_str(), method, caller = %caller.spiffe_id, addr = %caller.addr, decision = Decision::Deny.as_str(), suppressed, "control-plane call refused: not an admin");
     }
     Status::permission_denied(format!(
         "{} is not an admin of this control plane",
@@ -165,7 +166,7 @@ fn refuse_non_admin(caller: &Caller, method: &str) -> Status {
 /// Audits (rate-bounded) and words the refusal of a call over the caller's share.
 fn refuse_over_share(caller: &Caller, max: usize) -> Status {
     if let Some(suppressed) = REFUSAL_LOG.admit() {
-        tracing::warn!(target: "warden::audit", event = "api", caller = %caller.spiffe_id, addr = %caller.addr, decision = "deny", limit = "limits.max_streams_per_peer", max, suppressed, "control-plane call refused: the caller holds its share of calls");
+        tracing::warn!(target: "warden::audit", event = AuditEvent::Api.as_str(), caller = %caller.spiffe_id, addr = %caller.addr, decision = Decision::Deny.as_str(), limit = "limits.max_streams_per_peer", max, suppressed, "control-plane call refused: the caller holds its share of calls");
     }
     Status::resource_exhausted(format!(
         "{} already has {max} calls in flight on this control plane",
@@ -232,17 +233,17 @@ impl PolicyApi {
         Arc::new(move |path: &str, caller: &Caller| {
             let metrics = &crate::metrics::METRICS;
             if ADMIN_ONLY.contains(&path) && !admins.contains(&caller.spiffe_id) {
-                metrics.api_call(path, "refused");
+                metrics.api_call(path, GateResult::Refused);
                 let method = path.rsplit('/').next().unwrap_or(path);
                 return Err(refuse_non_admin(caller, method));
             }
             match streams.acquire(&caller.spiffe_id) {
                 Some(slot) => {
-                    metrics.api_call(path, "admitted");
+                    metrics.api_call(path, GateResult::Admitted);
                     Ok(Some(Box::new(slot) as Permit))
                 }
                 None => {
-                    metrics.api_call(path, "refused");
+                    metrics.api_call(path, GateResult::Refused);
                     Err(refuse_over_share(caller, streams.max()))
                 }
             }
@@ -297,11 +298,11 @@ impl PolicyService for PolicyApi {
             .put(policy, body.expected_version, &caller.spiffe_id, now_ms())
             .await
             .map_err(|e| {
-                crate::metrics::METRICS.policy_write("put", "error");
+                crate::metrics::METRICS.policy_write(WriteAction::Put, WriteResult::Error);
                 store_status(e, true)
             })?;
-        crate::metrics::METRICS.policy_write("put", "ok");
-        tracing::info!(target: "warden::audit", event = "policy_write", action = "put", workload = %id, version = stored.version, admin = %caller.spiffe_id, "policy written");
+        crate::metrics::METRICS.policy_write(WriteAction::Put, WriteResult::Ok);
+        tracing::info!(target: "warden::audit", event = AuditEvent::PolicyWrite.as_str(), action = WriteAction::Put.as_str(), workload = %id, version = stored.version, admin = %caller.spiffe_id, "policy written");
         Ok(Response::new(pb::PutPolicyResponse {
             policy: Some(convert::to_proto(&stored)),
         }))
@@ -353,11 +354,11 @@ impl PolicyService for PolicyApi {
             .delete(&id, body.expected_version, &caller.spiffe_id, now_ms())
             .await
             .map_err(|e| {
-                crate::metrics::METRICS.policy_write("delete", "error");
+                crate::metrics::METRICS.policy_write(WriteAction::Delete, WriteResult::Error);
                 store_status(e, true)
             })?;
-        crate::metrics::METRICS.policy_write("delete", "ok");
-        tracing::info!(target: "warden::audit", event = "policy_write", action = "delete", workload = %id, version, admin = %caller.spiffe_id, "policy deleted");
+        crate::metrics::METRICS.policy_write(WriteAction::Delete, WriteResult::Ok);
+        tracing::info!(target: "warden::audit", event = AuditEvent::PolicyWrite.as_str(), action = WriteAction::Delete.as_str(), workload = %id, version, admin = %caller.spiffe_id, "policy deleted");
         Ok(Response::new(pb::DeletePolicyResponse { version }))
     }
 
@@ -392,7 +393,7 @@ impl PolicyService for PolicyApi {
                 version: q.version,
                 at_unix_ms: q.at_unix_ms,
                 admin: q.by,
-                action: if q.released { "release" } else { "quarantine" }.to_owned(),
+                action: WriteAction::quarantine(q.released).as_str().to_owned(),
                 policy: None,
                 reason: q.reason,
             }))
@@ -461,7 +462,7 @@ impl PolicyService for PolicyApi {
             },
         );
         if let Some(suppressed) = WATCH_LOG.admit() {
-            tracing::info!(target: "warden::audit", event = "watch", workload = %id, addr = %caller.addr, suppressed, "sidecar watching its policy");
+            tracing::info!(target: "warden::audit", event = AuditEvent::Watch.as_str(), workload = %id, addr = %caller.addr, suppressed, "sidecar watching its policy");
         }
         // Acks arrive on the request stream. A request stream that fails (an oversized or
         // malformed message) ends the watch with its error; one the sidecar closes cleanly

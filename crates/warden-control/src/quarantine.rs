@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc};
 use warden_identity::SpiffeId;
 
+use crate::audit::{AuditEvent, WriteAction, WriteResult};
 use crate::fanout::{Fanout, QuarantineList};
 use crate::store::{PolicyStore, Quarantined, StoreError};
 
@@ -60,13 +61,13 @@ impl Quarantines {
         let _one = self.order.lock().await;
         let reason = bounded_reason(reason);
         let now = crate::policy_service::now_ms();
-        let action = if release { "release" } else { "quarantine" };
+        let action = WriteAction::quarantine(release);
         let version = self
             .store
             .set_quarantine(id, release, by, &reason, now)
             .await
-            .inspect_err(|_| crate::metrics::METRICS.policy_write(action, "error"))?;
-        crate::metrics::METRICS.policy_write(action, "ok");
+            .inspect_err(|_| crate::metrics::METRICS.policy_write(action, WriteResult::Error))?;
+        crate::metrics::METRICS.policy_write(action, WriteResult::Ok);
         let (list, revision) = self.store.quarantined().await?;
         self.fanout
             .set_quarantine(QuarantineList {
@@ -74,7 +75,7 @@ impl Quarantines {
                 revision,
             })
             .await;
-        let event = if release { "release" } else { "quarantine" };
+        let event = AuditEvent::quarantine(release).as_str();
         tracing::warn!(target: "warden::audit", event, spiffe_id = %id, by, reason = %reason, version, "identity {}", if release { "released from quarantine" } else { "quarantined" });
         Ok(version)
     }

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use warden_identity::{IdentityStore, SourceEvent, SvidSource};
 use warden_proto::control::v1::policy_service_server::PolicyServiceServer;
 
+use crate::audit::AuditEvent;
 use crate::ca::BuiltinCa;
 use crate::config::{ControlIdentity, ControlPlaneConfig, StoreConfig};
 use crate::policy_service::PolicyApi;
@@ -349,7 +350,7 @@ async fn follow(source: Box<dyn SvidSource>, store: Arc<IdentityStore>) {
     while let Some(event) = handle.events.recv().await {
         match event {
             SourceEvent::Updated(identity) => {
-                tracing::info!(target: "warden::audit", event = "rotation", source = name, spiffe_id = %identity.spiffe_id(), "control-plane SVID loaded");
+                tracing::info!(target: "warden::audit", event = AuditEvent::Rotation.as_str(), source = name, spiffe_id = %identity.spiffe_id(), "control-plane SVID loaded");
                 store.set(identity);
             }
             SourceEvent::Rejected { reason } => {

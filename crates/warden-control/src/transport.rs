@@ -126,13 +126,13 @@ pub fn incoming(
                         if let Some(suppressed) = CONNECTION_LOG.admit() {
                             let reason = HandshakeFailure::classify_io(&e).as_label();
                             let error = HandshakeFailure::describe_io(&e);
-                            tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = reason, %error, suppressed, "control-plane handshake failed");
+                            tracing::warn!(target: "warden::audit", event = crate::audit::AuditEvent::ApiHandshake.as_str(), %addr, result = reason, %error, suppressed, "control-plane handshake failed");
                         }
                         return;
                     }
                     Err(_) => {
                         if let Some(suppressed) = CONNECTION_LOG.admit() {
-                            tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = "timeout", suppressed, "control-plane handshake timed out");
+                            tracing::warn!(target: "warden::audit", event = crate::audit::AuditEvent::ApiHandshake.as_str(), %addr, result = "timeout", suppressed, "control-plane handshake timed out");
                         }
                         return;
                     }
@@ -145,13 +145,13 @@ pub fn incoming(
                     .map(spiffe_id_of);
                 let Some(Ok(spiffe_id)) = id else {
                     if let Some(suppressed) = CONNECTION_LOG.admit() {
-                        tracing::warn!(target: "warden::audit", event = "api_handshake", %addr, result = "bad_svid", suppressed, "control-plane caller has no readable SPIFFE ID");
+                        tracing::warn!(target: "warden::audit", event = crate::audit::AuditEvent::ApiHandshake.as_str(), %addr, result = "bad_svid", suppressed, "control-plane caller has no readable SPIFFE ID");
                     }
                     return;
                 };
                 let Some(slot) = per_peer.acquire(&spiffe_id) else {
                     if let Some(suppressed) = CONNECTION_LOG.admit() {
-                        tracing::warn!(target: "warden::audit", event = "api_connection", %addr, caller = %spiffe_id, limit = "limits.max_connections_per_peer", max = per_peer.max(), suppressed, "control-plane connection refused: the caller holds its share of connections");
+                        tracing::warn!(target: "warden::audit", event = crate::audit::AuditEvent::ApiConnection.as_str(), %addr, caller = %spiffe_id, limit = "limits.max_connections_per_peer", max = per_peer.max(), suppressed, "control-plane connection refused: the caller holds its share of connections");
                     }
                     return;
                 };

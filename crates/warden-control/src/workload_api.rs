@@ -402,7 +402,7 @@ async fn rotate(
         for (i, issued) in renewed {
             match issued {
                 Ok(svid) => {
-                    tracing::info!(target: "warden::audit", event = "svid_issued", socket = %state.path.display(), spiffe_id = %svid.spiffe_id, expires = %humantime::format_rfc3339_seconds(svid.not_after), "SVID renewed");
+                    tracing::info!(target: "warden::audit", event = crate::audit::AuditEvent::SvidIssued.as_str(), socket = %state.path.display(), spiffe_id = %svid.spiffe_id, expires = %humantime::format_rfc3339_seconds(svid.not_after), "SVID renewed");
                     next[i] = Arc::new(svid);
                 }
                 Err(e) => {
@@ -484,7 +484,7 @@ impl WorkloadApi {
         let selected = self.state.entries_for(uid);
         if selected.is_empty() {
             if let Some(suppressed) = DENIED_LOG.admit() {
-                tracing::warn!(target: "warden::audit", event = "workload_api_denied", socket = %self.state.path.display(), uid = ?uid, suppressed, "no identity registered for this caller");
+                tracing::warn!(target: "warden::audit", event = crate::audit::AuditEvent::WorkloadApiDenied.as_str(), socket = %self.state.path.display(), uid = ?uid, suppressed, "no identity registered for this caller");
             }
             return Err(Status::permission_denied(
                 "no identity issued: no registration on this socket matches the caller",

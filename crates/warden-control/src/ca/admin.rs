@@ -42,20 +42,14 @@ impl BuiltinCa {
         id: &SpiffeId,
         ttl: Duration,
     ) -> Result<IssuedSvid, CaError> {
-        let (cert, key, not_before, not_after) = self.sign_leaf(id, ttl)?;
+        let (svid, cert, key) = self.sign_leaf(id, ttl)?;
         create_private_dir(dir)?;
         write_private(&dir.join("ca.crt"), self.cert_pem.as_bytes())?;
         let key_pem = Zeroizing::new(key.serialize_pem());
         write_private(&dir.join("tls.key"), key_pem.as_bytes())?;
         write_private(&dir.join("tls.crt"), cert.pem().as_bytes())?;
-        tracing::info!(spiffe_id = %id, dir = %dir.display(), expires = %humantime::format_rfc3339_seconds(not_after), "admin credential written");
-        Ok(IssuedSvid {
-            spiffe_id: id.clone(),
-            chain: vec![cert.der().clone()],
-            key: Zeroizing::new(key.serialize_der()),
-            not_before,
-            not_after,
-        })
+        tracing::info!(spiffe_id = %id, dir = %dir.display(), expires = %humantime::format_rfc3339_seconds(svid.not_after), "admin credential written");
+        Ok(svid)
     }
 
     /// Keeps the admin credential in `data_dir/admin/` usable: writes it when absent, and

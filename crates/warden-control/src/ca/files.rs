@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{CaError, io_err};
 
@@ -18,6 +18,23 @@ pub(super) fn create_private_dir(dir: &Path) -> Result<(), CaError> {
 /// Writes `data` to `path` with mode 0600: a fresh temporary file beside it (never a reused
 /// one with looser permissions), flushed to disk, then renamed over `path`.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CaError> {
+    let tmp = write_temp(path, data).map_err(|(at, e)| io_err(&at)(e))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(path)(e));
+    }
+    if let Some(parent) = path.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
+/// The first half of writing a private file: `data` in a fresh temporary file beside `path`
+/// (`.<name>.tmp-<pid>`, created new with mode 0600, never a reused one with looser
+/// permissions), flushed to disk. The caller moves it into place (a rename over `path`, or
+/// a hard link that fails if `path` exists) and removes it. On an error nothing is left,
+/// and the error comes with the path it is about.
+pub(super) fn write_temp(path: &Path, data: &[u8]) -> Result<PathBuf, (PathBuf, std::io::Error)> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -26,24 +43,26 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CaError> {
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&tmp)(e)),
+        Err(e) => return Err((tmp, e)),
     }
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(io_err(&tmp))?;
+    {
+        Ok(file) => file,
+        Err(e) => return Err((tmp, e)),
+    };
     let written = file.write_all(data).and_then(|()| file.sync_all());
     drop(file);
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err((path.to_owned(), e))
+        }
     }
-    if let Some(parent) = path.parent() {
-        sync_dir(parent);
-    }
-    Ok(())
 }
 
 /// Makes a rename durable. Best effort: some filesystems cannot fsync a directory, and the

@@ -11,7 +11,7 @@
 //! It must never sign a JWT-SVID for an ID outside its trust domain, without an audience,
 //! or without an expiry, and never log the key or a token.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +23,7 @@ use warden_jwt::mint::Es256Signer;
 use warden_jwt::{Claims, Jwks, JwtBundles, JwtError, Validator, ValidatorConfig};
 use zeroize::Zeroizing;
 
-use super::files::sync_dir;
+use super::files::{sync_dir, write_temp};
 
 /// Subdirectory of `data_dir` holding `jwt.key`.
 pub const JWT_DIR: &str = "jwt";
@@ -168,7 +168,7 @@ impl JwtAuthority {
         audience: &[String],
         ttl: Duration,
     ) -> Result<JwtSvid, JwtKeyError> {
-        crate::metrics::METRICS.svid_issued("jwt");
+        crate::metrics::METRICS.svid_issued(crate::audit::SvidKind::Jwt);
         if id.trust_domain_name() != self.trust_domain.as_str() || !id.is_workload() {
             return Err(JwtKeyError::ForeignId {
                 id: id.to_string(),
@@ -225,22 +225,10 @@ impl JwtAuthority {
 /// (0600, synced) is hard-linked into place, which fails if another process got there first;
 /// then theirs is used.
 fn create_key(path: &Path) -> Result<(), JwtKeyError> {
-    use std::io::Write;
     let key = KeyPair::generate().map_err(|e| JwtKeyError::Sign(e.to_string()))?;
     let pem = Zeroizing::new(key.serialize_pem());
-    let tmp: PathBuf = path.with_file_name(format!(".jwt.key.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    let written = file
-        .write_all(pem.as_bytes())
-        .and_then(|()| file.sync_all());
-    drop(file);
-    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let tmp = write_temp(path, pem.as_bytes()).map_err(|(at, e)| io_err(&at)(e))?;
+    let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => {

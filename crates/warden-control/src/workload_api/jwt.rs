@@ -19,6 +19,7 @@ use warden_proto::workload::{
 };
 
 use super::WorkloadApi;
+use crate::audit::AuditEvent;
 use crate::ca::{JwtAuthority, TrustBundles};
 
 /// Bounds on what one request may ask to be signed.
@@ -86,7 +87,7 @@ impl WorkloadApi {
                 .jwt
                 .mint(id, &req.audience, self.svid_ttl)
                 .map_err(|e| Status::internal(format!("cannot sign the JWT-SVID of {id}: {e}")))?;
-            tracing::debug!(target: "warden::audit", event = "jwt_svid_issued", socket = %self.state.path.display(), spiffe_id = %id, audience = ?req.audience, expires = %humantime::format_rfc3339_seconds(svid.expires), "JWT-SVID issued");
+            tracing::debug!(target: "warden::audit", event = AuditEvent::JwtSvidIssued.as_str(), socket = %self.state.path.display(), spiffe_id = %id, audience = ?req.audience, expires = %humantime::format_rfc3339_seconds(svid.expires), "JWT-SVID issued");
             svids.push(warden_proto::workload::Jwtsvid {
                 spiffe_id: svid.spiffe_id.to_string(),
                 svid: svid.token,
