@@ -24,6 +24,9 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use warden_policy::Direction;
+
+use crate::registry::CloseReason;
 
 /// Default cap on distinct `peer_id` label values.
 pub const DEFAULT_PEER_ID_LIMIT: usize = 1024;
@@ -146,6 +149,45 @@ impl PeerIdCap {
 
     fn len(&self) -> usize {
         self.seen.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// How a load of an issuer's JWT keys ended: the `result` of `warden_jwks_reloads_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwksReload {
+    /// Loaded; the new set is in force.
+    Ok,
+    /// Fetched or read, but not a usable key set.
+    Invalid,
+    /// Could not be fetched or read.
+    Unavailable,
+}
+
+impl JwksReload {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JwksReload::Ok => "ok",
+            JwksReload::Invalid => "invalid",
+            JwksReload::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What became of an edge report: the `result` of `warden_edge_reports_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeReportResult {
+    /// Handed to the watch stream.
+    Sent,
+    /// No stream, or its queue was full.
+    Dropped,
+}
+
+impl EdgeReportResult {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EdgeReportResult::Sent => "sent",
+            EdgeReportResult::Dropped => "dropped",
+        }
     }
 }
 
@@ -284,19 +326,21 @@ impl Metrics {
     }
 
     /// A key set load of `[[jwt]]` issuer `issuer` ended with `result`.
-    pub(crate) fn jwks_reload(&self, issuer: &Arc<str>, result: &'static str) {
+    pub(crate) fn jwks_reload(&self, issuer: &Arc<str>, result: JwksReload) {
         self.jwks_reloads
             .get_or_create(&JwksLabels {
                 issuer: issuer.clone(),
-                result,
+                result: result.as_str(),
             })
             .inc();
     }
 
-    /// An edge report was handed to the watch stream (`sent`) or dropped (`dropped`).
-    pub(crate) fn edge_report(&self, result: &'static str) {
+    /// An edge report was handed to the watch stream or dropped.
+    pub(crate) fn edge_report(&self, result: EdgeReportResult) {
         self.edge_reports
-            .get_or_create(&ResultLabel { result })
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
             .inc();
     }
 
@@ -374,12 +418,12 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn closed(&self, direction: &'static str, listener: Arc<str>, reason: &'static str) {
+    pub(crate) fn closed(&self, direction: Direction, listener: Arc<str>, reason: CloseReason) {
         self.closed
             .get_or_create(&ClosedLabels {
-                direction,
+                direction: direction.as_str(),
                 listener,
-                reason,
+                reason: reason.as_label(),
             })
             .inc();
     }
@@ -593,7 +637,7 @@ mod tests {
             "untrusted",
             0.01,
         );
-        m.closed("inbound", Arc::from("http"), "limit");
+        m.closed(Direction::Inbound, Arc::from("http"), CloseReason::Limit);
         m.rotation(crate::telemetry::RotationOutcome::Loaded);
         m.policy_update(crate::telemetry::PolicyOutcome::Applied, Some(7));
         let meters = m.open("outbound", Arc::from("llm"), Arc::from("spiffe://x/y"));

@@ -16,7 +16,7 @@ use warden_policy::{Decision, Direction, Reason};
 
 use crate::audit::{AuditDecision, AuditEvent, AuditLog, Record};
 use crate::edges::{EdgeKey, Edges};
-use crate::metrics::{ConnMeters, Metrics, UNKNOWN_PEER};
+use crate::metrics::{ConnMeters, EdgeReportResult, Metrics, UNKNOWN_PEER};
 use crate::registry::CloseReason;
 
 /// How a policy update ended: `warden_policy_updates_total{result}` and the audit record's
@@ -90,7 +90,7 @@ struct Inner {
 /// A connection's labels, resolved once when its peer is known.
 #[derive(Debug, Clone)]
 pub struct PeerLabels {
-    direction: &'static str,
+    direction: Direction,
     listener: Arc<str>,
     /// Capped label value (may be `other`).
     peer_label: Arc<str>,
@@ -170,7 +170,7 @@ impl Telemetry {
     ) {
         if let Some(edges) = self.inner.edges.get() {
             edges.record(EdgeKey {
-                direction: p.direction,
+                direction: p.direction.as_str(),
                 listener: p.listener.clone(),
                 peer: p.peer.clone(),
                 decision,
@@ -208,7 +208,7 @@ impl Telemetry {
     pub fn peer(&self, direction: Direction, listener: &Arc<str>, peer: &SpiffeId) -> PeerLabels {
         if self.inner.off {
             return PeerLabels {
-                direction: direction.as_str(),
+                direction,
                 listener: listener.clone(),
                 peer_label: listener.clone(),
                 peer: peer.as_str().into(),
@@ -220,7 +220,7 @@ impl Telemetry {
     /// [`Telemetry::peer`] for a peer known by name only: an egress destination's SNI.
     pub fn named_peer(&self, direction: Direction, listener: &Arc<str>, name: &str) -> PeerLabels {
         PeerLabels {
-            direction: direction.as_str(),
+            direction,
             listener: listener.clone(),
             peer_label: self.inner.metrics.peer_label(name),
             peer: name.into(),
@@ -288,7 +288,7 @@ impl Telemetry {
         );
         self.edge(p, decision, o.reason, true, o.route);
         self.inner.audit.emit(Record {
-            direction: Some(p.direction),
+            direction: Some(p.direction.as_str()),
             listener: Some(p.listener.clone()),
             peer_id: Some(p.peer.to_string()),
             peer_addr: Some(peer_addr),
@@ -319,14 +319,14 @@ impl Telemetry {
             return;
         }
         self.inner.metrics.decision(
-            p.direction,
+            p.direction.as_str(),
             p.listener.clone(),
             p.peer_label.clone(),
             "allow",
             "allowed",
         );
         self.inner.audit.emit(Record {
-            direction: Some(p.direction),
+            direction: Some(p.direction.as_str()),
             listener: Some(p.listener.clone()),
             peer_id: Some(p.peer.to_string()),
             peer_addr: Some(peer_addr),
@@ -345,7 +345,7 @@ impl Telemetry {
             return;
         }
         self.inner.metrics.handshake(
-            p.direction,
+            p.direction.as_str(),
             p.listener.clone(),
             p.peer_label.clone(),
             "ok",
@@ -412,16 +412,16 @@ impl Telemetry {
             _ => None,
         };
         self.inner.metrics.decision(
-            p.direction,
+            p.direction.as_str(),
             p.listener.clone(),
             p.peer_label.clone(),
             verdict,
             decision.reason.as_label(),
         );
         self.edge(p, verdict, decision.reason.as_label(), false, None);
-        tracing::debug!(direction = p.direction, listener = &*p.listener, conn_id, %peer_addr, peer_id = &*p.peer, decision = verdict, reason = decision.reason.as_label(), policy_version, "authorization decision");
+        tracing::debug!(direction = p.direction.as_str(), listener = &*p.listener, conn_id, %peer_addr, peer_id = &*p.peer, decision = verdict, reason = decision.reason.as_label(), policy_version, "authorization decision");
         self.inner.audit.emit(Record {
-            direction: Some(p.direction),
+            direction: Some(p.direction.as_str()),
             listener: Some(p.listener.clone()),
             peer_id: Some(p.peer.to_string()),
             peer_addr: Some(peer_addr),
@@ -446,9 +446,11 @@ impl Telemetry {
         if self.inner.off {
             return ConnMeters::detached();
         }
-        self.inner
-            .metrics
-            .open(p.direction, p.listener.clone(), p.peer_label.clone())
+        self.inner.metrics.open(
+            p.direction.as_str(),
+            p.listener.clone(),
+            p.peer_label.clone(),
+        )
     }
 
     pub fn closed(
@@ -465,9 +467,9 @@ impl Telemetry {
         }
         self.inner
             .metrics
-            .closed(p.direction, p.listener.clone(), reason.as_label());
+            .closed(p.direction, p.listener.clone(), reason);
         tracing::debug!(
-            direction = p.direction,
+            direction = p.direction.as_str(),
             listener = &*p.listener,
             conn_id,
             reason = reason.as_label(),
@@ -477,7 +479,7 @@ impl Telemetry {
         );
         if reason == CloseReason::Revoked {
             self.inner.audit.emit(Record {
-                direction: Some(p.direction),
+                direction: Some(p.direction.as_str()),
                 listener: Some(p.listener.clone()),
                 peer_id: Some(p.peer.to_string()),
                 peer_addr: Some(peer_addr),
@@ -506,11 +508,9 @@ impl Telemetry {
         if self.inner.off {
             return;
         }
-        self.inner.metrics.closed(
-            direction.as_str(),
-            listener.clone(),
-            CloseReason::Limit.as_label(),
-        );
+        self.inner
+            .metrics
+            .closed(direction, listener.clone(), CloseReason::Limit);
         self.inner.audit.emit(Record {
             direction: Some(direction.as_str()),
             listener: Some(listener.clone()),
@@ -616,7 +616,7 @@ impl Telemetry {
     }
 
     /// `warden_edge_reports_total{result}`: an edge report was sent or dropped.
-    pub fn edge_report(&self, result: &'static str) {
+    pub fn edge_report(&self, result: EdgeReportResult) {
         if self.inner.off {
             return;
         }

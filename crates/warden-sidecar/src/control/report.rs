@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use warden_proto::control::v1::{WatchRequest, watch_request};
 
 use crate::edges::Edges;
+use crate::metrics::EdgeReportResult;
 use crate::telemetry::Telemetry;
 
 /// What the report task needs, shared with the watch loop.
@@ -75,9 +76,9 @@ pub(crate) async fn report_loop(reporting: Arc<Reporting>, telemetry: Telemetry)
             msg: Some(watch_request::Msg::EdgeReport(report)),
         };
         let result = if reporting.try_send(msg) {
-            "sent"
+            EdgeReportResult::Sent
         } else {
-            "dropped"
+            EdgeReportResult::Dropped
         };
         telemetry.edge_report(result);
     }

@@ -36,6 +36,7 @@ use warden_identity::IdentityConfig;
 use warden_jwt::{Claims, Jwks, JwtBundles, JwtError, Validator};
 
 use crate::config::{JwksSource, JwtConfig};
+use crate::metrics::JwksReload;
 use crate::telemetry::Telemetry;
 
 mod file;
@@ -126,7 +127,9 @@ pub(crate) struct Reporter {
 
 impl Reporter {
     fn loaded(&self, source: &str, kids: &[String], skipped: &[String]) {
-        self.telemetry.metrics().jwks_reload(&self.issuer, "ok");
+        self.telemetry
+            .metrics()
+            .jwks_reload(&self.issuer, JwksReload::Ok);
         tracing::info!(issuer = %self.issuer, source, kids = ?kids, "JWT keys loaded");
         if !skipped.is_empty() {
             tracing::warn!(issuer = %self.issuer, source, skipped = ?skipped, "JWT keys skipped as unusable");
@@ -135,16 +138,16 @@ impl Reporter {
     }
 
     fn invalid(&self, source: &str, reason: &str) {
-        self.failed("invalid", source, reason);
+        self.failed(JwksReload::Invalid, source, reason);
     }
 
     fn unavailable(&self, source: &str, reason: &str) {
-        self.failed("unavailable", source, reason);
+        self.failed(JwksReload::Unavailable, source, reason);
     }
 
-    fn failed(&self, result: &'static str, source: &str, reason: &str) {
+    fn failed(&self, result: JwksReload, source: &str, reason: &str) {
         self.telemetry.metrics().jwks_reload(&self.issuer, result);
-        tracing::warn!(issuer = %self.issuer, source, result, reason, "JWT keys not loaded; the last good set stays in force");
+        tracing::warn!(issuer = %self.issuer, source, result = result.as_str(), reason, "JWT keys not loaded; the last good set stays in force");
         self.status.send_modify(|s| {
             s.failed += 1;
             s.last_error = Some(reason.to_owned());
