@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context, anyhow, bail};
 use tonic::Code;
 use warden_identity::{
-    FilesSource, IdentityStore, SourceEvent, SpiffeId, SvidSource, WorkloadApiSource,
+    FilesSource, IdentityStore, SourceEvent, SpiffeId, SvidSource, WorkloadApiSource, WorkloadId,
 };
 use warden_policy::wire as convert;
 use warden_proto::control::v1 as pb;
@@ -187,12 +187,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .load()
         .map(|i| i.spiffe_id().clone())
         .context("no identity loaded")?;
-    let cp_id = match &args.control_plane_id {
-        Some(text) => {
-            SpiffeId::parse(text).map_err(|e| anyhow!("--control-plane-id {text:?}: {e}"))?
-        }
-        None => warden_sidecar::default_control_plane_id(&me.trust_domain()),
-    };
+    let cp_id = control_plane_id(args.control_plane_id.as_deref(), &me)?;
     let channel = client::connect(
         &args.control_plane,
         &identity,
@@ -376,4 +371,41 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The SPIFFE ID the control plane must present: `--control-plane-id`, checked as the
+/// config key `[policy] control_plane_id` is (a workload ID, with a path), or the default
+/// in the caller's trust domain.
+fn control_plane_id(flag: Option<&str>, me: &SpiffeId) -> anyhow::Result<SpiffeId> {
+    match flag {
+        Some(text) => WorkloadId::parse(text)
+            .map(WorkloadId::into_spiffe_id)
+            .map_err(|e| anyhow!("--control-plane-id {text:?}: {e}")),
+        None => Ok(warden_sidecar::default_control_plane_id(&me.trust_domain())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_plane_id_flag_takes_a_workload_id_like_the_config_key() {
+        let me = SpiffeId::parse("spiffe://example.org/ns/ops/sa/admin").expect("id");
+        let id = control_plane_id(Some("spiffe://example.org/cp"), &me).expect("workload id");
+        assert_eq!(id.as_str(), "spiffe://example.org/cp");
+        let err = control_plane_id(Some("spiffe://example.org"), &me)
+            .expect_err("a trust domain is not a workload")
+            .to_string();
+        assert!(
+            err.starts_with("--control-plane-id \"spiffe://example.org\": "),
+            "{err}"
+        );
+        assert!(err.contains("needs a path"), "{err}");
+        assert!(control_plane_id(Some("not an id"), &me).is_err());
+        assert_eq!(
+            control_plane_id(None, &me).expect("default"),
+            warden_sidecar::default_control_plane_id(&me.trust_domain())
+        );
+    }
 }
