@@ -80,3 +80,50 @@ fn the_control_plane_and_the_data_plane_are_siblings() {
         g["warden-identity"]
     );
 }
+
+/// The crate diagram at the top of ARCHITECTURE.md lists, for each crate, exactly its direct
+/// `warden-*` dependencies (a crate with a line of its own; the last line names the crates
+/// with none).
+#[test]
+fn the_architecture_diagram_is_the_manifests() {
+    let g = graph();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md"))
+            .expect("ARCHITECTURE.md");
+    let diagram = doc
+        .split("```")
+        .nth(1)
+        .expect("the crate diagram is the first code block");
+    let mut drawn = BTreeMap::new();
+    for line in diagram.lines() {
+        let Some((from, to)) = line.split_once("──>") else {
+            continue;
+        };
+        let name = from
+            .split_whitespace()
+            .next()
+            .expect("a crate name")
+            .to_owned();
+        let deps: BTreeSet<String> = to
+            .split(',')
+            .map(|d| d.trim().to_owned())
+            .filter(|d| !d.is_empty())
+            .collect();
+        drawn.insert(name, deps);
+    }
+    for (name, deps) in &g {
+        match drawn.get(name) {
+            Some(d) => assert_eq!(d, deps, "ARCHITECTURE.md's line for {name}"),
+            None => assert!(
+                deps.is_empty(),
+                "{name} depends on {deps:?} but has no line in ARCHITECTURE.md's diagram"
+            ),
+        }
+    }
+    for name in drawn.keys() {
+        assert!(
+            g.contains_key(name),
+            "the diagram draws {name}, which is not a crate"
+        );
+    }
+}
