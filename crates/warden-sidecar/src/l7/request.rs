@@ -37,19 +37,11 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Bo
         Ok(p) => p,
         Err(e) => {
             let shown = truncate(req.uri().path());
-            ctx.shared.telemetry.http_request(
-                &ctx.labels,
-                ctx.conn_id,
-                ctx.peer_addr,
+            record(
+                ctx,
                 &HttpOutcome {
-                    allowed: false,
-                    would_deny: false,
-                    reason: "bad_path",
-                    route: None,
-                    user: None,
-                    method: &method,
-                    path: &shown,
                     detail: Some(e.to_string()),
+                    ..refused("bad_path", None, &method, &shown)
                 },
             );
             return text(StatusCode::BAD_REQUEST, "bad request: ambiguous path\n");
@@ -108,10 +100,8 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Bo
             token.is_ok(),
         );
     }
-    ctx.shared.telemetry.http_request(
-        &ctx.labels,
-        ctx.conn_id,
-        ctx.peer_addr,
+    record(
+        ctx,
         &HttpOutcome {
             allowed: true,
             would_deny: decision.would_deny,
@@ -213,20 +203,9 @@ fn deny(
     user: Option<&str>,
     had_token: bool,
 ) -> Response<Body> {
-    ctx.shared.telemetry.http_request(
-        &ctx.labels,
-        ctx.conn_id,
-        ctx.peer_addr,
-        &HttpOutcome {
-            allowed: false,
-            would_deny: false,
-            reason: decision.reason.as_label(),
-            route: None,
-            user,
-            method,
-            path,
-            detail: None,
-        },
+    record(
+        ctx,
+        &refused(decision.reason.as_label(), user, method, path),
     );
     match decision.reason {
         RequestReason::Unauthenticated(_) => {
@@ -254,22 +233,34 @@ fn refuse(
     reason: &'static str,
     status: StatusCode,
 ) -> Response<Body> {
-    ctx.shared.telemetry.http_request(
-        &ctx.labels,
-        ctx.conn_id,
-        ctx.peer_addr,
-        &HttpOutcome {
-            allowed: false,
-            would_deny: false,
-            reason,
-            route: None,
-            user: None,
-            method,
-            path,
-            detail: None,
-        },
-    );
+    record(ctx, &refused(reason, None, method, path));
     text(status, "refused\n")
+}
+
+/// Counts and audits one request's outcome on `ctx`'s connection.
+fn record(ctx: &ConnCtx, outcome: &HttpOutcome<'_>) {
+    ctx.shared
+        .telemetry
+        .http_request(&ctx.labels, ctx.conn_id, ctx.peer_addr, outcome);
+}
+
+/// The outcome of a request refused before it reached the app.
+fn refused<'a>(
+    reason: &'static str,
+    user: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+) -> HttpOutcome<'a> {
+    HttpOutcome {
+        allowed: false,
+        would_deny: false,
+        reason,
+        route: None,
+        user,
+        method,
+        path,
+        detail: None,
+    }
 }
 
 /// The request as the app gets it: the normalized path (and the query as sent), no
