@@ -115,28 +115,18 @@ pub(super) fn check_pod(
         .get("securityContext")
         .and_then(|s| s.get("runAsUser"))
         .and_then(Value::as_u64);
-    for list in ["initContainers", "containers"] {
-        for c in spec
-            .get(list)
-            .and_then(Value::as_sequence)
-            .into_iter()
-            .flatten()
-        {
-            let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
-            if name == CONTAINER_NAME || name == INIT_CONTAINER_NAME {
-                continue;
-            }
-            let uid = c
-                .get("securityContext")
-                .and_then(|s| s.get("runAsUser"))
-                .and_then(Value::as_u64)
-                .or(pod_uid);
-            if uid == Some(PROXY_UID) {
-                return Err(err(format!(
-                    "container {name:?} runs as uid {PROXY_UID}, the sidecar's: its connections would not be \
-                     captured; run it as another user"
-                )));
-            }
+    for (name, c) in app_containers(spec) {
+        let uid = c
+            .get("securityContext")
+            .and_then(|s| s.get("runAsUser"))
+            .and_then(Value::as_u64)
+            .or(pod_uid);
+        if uid == Some(PROXY_UID) {
+            let name = if name.is_empty() { "?" } else { name };
+            return Err(err(format!(
+                "container {name:?} runs as uid {PROXY_UID}, the sidecar's: its connections would not be \
+                 captured; run it as another user"
+            )));
         }
     }
     Ok(())
@@ -152,47 +142,32 @@ pub(super) struct InboundPort {
 /// the port (or `port-<n>` when it has no usable, unique name).
 pub(super) fn inbound_ports(spec: &Mapping, s: &Settings) -> Vec<InboundPort> {
     let mut found: Vec<InboundPort> = Vec::new();
-    for list in ["initContainers", "containers"] {
-        for c in spec
-            .get(list)
+    let ports = app_containers(spec).flat_map(|(_, c)| {
+        c.get("ports")
             .and_then(Value::as_sequence)
             .into_iter()
             .flatten()
-        {
-            let name = c.get("name").and_then(Value::as_str).unwrap_or("");
-            if name == CONTAINER_NAME || name == INIT_CONTAINER_NAME {
-                continue;
-            }
-            for p in c
-                .get("ports")
-                .and_then(Value::as_sequence)
-                .into_iter()
-                .flatten()
-            {
-                let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
-                let Some(port) = p
-                    .get("containerPort")
-                    .and_then(Value::as_u64)
-                    .and_then(|n| u16::try_from(n).ok())
-                else {
-                    continue;
-                };
-                if protocol != "TCP"
-                    || !s.captures_inbound(port)
-                    || found.iter().any(|f| f.port == port)
-                {
-                    continue;
-                }
-                let fallback = format!("port-{port}");
-                let name = p
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .filter(|n| warden_policy::ListenerName::parse(n).is_ok())
-                    .filter(|n| !found.iter().any(|f| f.name == *n) && *n != fallback)
-                    .map_or(fallback, str::to_owned);
-                found.push(InboundPort { name, port });
-            }
+    });
+    for p in ports {
+        let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+        let Some(port) = p
+            .get("containerPort")
+            .and_then(Value::as_u64)
+            .and_then(|n| u16::try_from(n).ok())
+        else {
+            continue;
+        };
+        if protocol != "TCP" || !s.captures_inbound(port) || found.iter().any(|f| f.port == port) {
+            continue;
         }
+        let fallback = format!("port-{port}");
+        let name = p
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| warden_policy::ListenerName::parse(n).is_ok())
+            .filter(|n| !found.iter().any(|f| f.name == *n) && *n != fallback)
+            .map_or(fallback, str::to_owned);
+        found.push(InboundPort { name, port });
     }
     found
 }

@@ -43,6 +43,21 @@ pub const ANNOTATION_INJECTED: &str = "warden.dev/injected";
 pub const CONTAINER_NAME: &str = "warden";
 /// The init container that runs `warden init` (capture mode).
 pub const INIT_CONTAINER_NAME: &str = "warden-init";
+/// The app's containers in a pod spec (init containers, then the others), each with its
+/// name (`""` when it has none): every container but Warden's own two.
+pub fn app_containers(spec: &Mapping) -> impl Iterator<Item = (&str, &Value)> {
+    ["initContainers", "containers"]
+        .into_iter()
+        .flat_map(|list| {
+            spec.get(list)
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+        })
+        .map(|c| (c.get("name").and_then(Value::as_str).unwrap_or(""), c))
+        .filter(|(name, _)| *name != CONTAINER_NAME && *name != INIT_CONTAINER_NAME)
+}
+
 /// `/run` of `warden-init`: room for the xtables lock on a read-only root filesystem.
 pub const XTABLES_VOLUME: &str = "warden-xtables";
 pub const CONFIG_VOLUME: &str = "warden-config";
