@@ -494,15 +494,18 @@ mod tests {
 
     use super::*;
 
-    fn td() -> TrustDomain {
+    // Fixtures of the CA's tests, its submodules' (`jwt`, `admin`) included.
+
+    pub(super) fn td() -> TrustDomain {
         TrustDomain::new("example.org").expect("td")
     }
 
-    fn id(path: &str) -> SpiffeId {
+    pub(super) fn id(path: &str) -> SpiffeId {
         SpiffeId::parse(&format!("spiffe://example.org{path}")).expect("id")
     }
 
-    fn mode(path: &Path) -> u32 {
+    /// The permission bits of a file or directory.
+    pub(super) fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
     }
 

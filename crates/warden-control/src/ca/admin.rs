@@ -108,22 +108,13 @@ impl BuiltinCa {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
-    use warden_identity::TrustDomain;
-
+    use super::super::tests::{id, mode, td};
     use super::*;
-
-    fn id(path: &str) -> SpiffeId {
-        SpiffeId::parse(&format!("spiffe://example.org{path}")).expect("id")
-    }
 
     #[test]
     fn admin_credential_is_written_reused_and_reissued() {
         let dir = tempfile::tempdir().expect("tmp");
-        let td = TrustDomain::new("example.org").expect("td");
-        let ca = BuiltinCa::load_or_create(dir.path(), &td).expect("ca");
-        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let ca = BuiltinCa::load_or_create(dir.path(), &td()).expect("ca");
         let admin = id("/warden/admin");
         assert_eq!(
             ca.ensure_admin_credential(dir.path(), &admin)

@@ -245,22 +245,14 @@ fn create_key(path: &Path) -> Result<(), JwtKeyError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{id, mode, td};
     use super::*;
-
-    fn td() -> TrustDomain {
-        TrustDomain::new("example.org").expect("td")
-    }
-
-    fn id(path: &str) -> SpiffeId {
-        SpiffeId::parse(&format!("spiffe://example.org{path}")).expect("id")
-    }
 
     #[test]
     fn the_key_is_created_once_private_and_kept_across_restarts() {
         let dir = tempfile::tempdir().expect("tmp");
         let first = JwtAuthority::load_or_create(dir.path(), &td()).expect("create");
         let key = dir.path().join("jwt/jwt.key");
-        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode(&key), 0o600);
         assert_eq!(mode(&dir.path().join("jwt")), 0o700);
         let svid = first
