@@ -94,6 +94,13 @@ pub fn document(value: &Value, source: &SourceScalars) -> Result<String, EmitErr
     Ok(e.out)
 }
 
+/// What a nested value follows: `key:` in a mapping, or `-` in a list.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Indicator {
+    Key,
+    Dash,
+}
+
 struct Emitter<'a> {
     out: String,
     source: &'a SourceScalars,
@@ -112,7 +119,7 @@ impl Emitter<'_> {
             let key = self.key(k)?;
             self.out.push_str(&key);
             self.out.push(':');
-            self.after_key(v, indent)?;
+            self.after_indicator(v, indent, Indicator::Key)?;
         }
         Ok(())
     }
@@ -128,38 +135,34 @@ impl Emitter<'_> {
                 self.indent(indent);
             }
             self.out.push('-');
-            self.after_dash(v, indent)?;
+            self.after_indicator(v, indent, Indicator::Dash)?;
         }
         Ok(())
     }
 
-    /// After `key:` at `indent`: nested mappings go one level in; lists stay at the key's
-    /// column (the layout `kubectl` writes).
-    fn after_key(&mut self, v: &Value, indent: usize) -> Result<(), EmitError> {
+    /// After `key:` or `-` at `indent`. After a key, nested mappings go one level in on the
+    /// next line and lists stay at the key's column (the layout `kubectl` writes); after a
+    /// dash, a mapping or list starts on the same line, one level in.
+    fn after_indicator(
+        &mut self,
+        v: &Value,
+        indent: usize,
+        after: Indicator,
+    ) -> Result<(), EmitError> {
+        let dash = after == Indicator::Dash;
+        let (separator, list_indent) = if dash {
+            (' ', indent + 2)
+        } else {
+            ('\n', indent)
+        };
         match v {
             Value::Mapping(m) if !m.is_empty() => {
-                self.out.push('\n');
-                self.mapping(m, indent + 2, false)
+                self.out.push(separator);
+                self.mapping(m, indent + 2, dash)
             }
             Value::Sequence(s) if !s.is_empty() => {
-                self.out.push('\n');
-                self.sequence(s, indent, false)
-            }
-            Value::Tagged(t) => self.tagged(&t.tag.to_string(), &t.value, indent),
-            other => self.scalar_after_indicator(other, indent),
-        }
-    }
-
-    /// After `-` at `indent`: a mapping or list starts on the same line.
-    fn after_dash(&mut self, v: &Value, indent: usize) -> Result<(), EmitError> {
-        match v {
-            Value::Mapping(m) if !m.is_empty() => {
-                self.out.push(' ');
-                self.mapping(m, indent + 2, true)
-            }
-            Value::Sequence(s) if !s.is_empty() => {
-                self.out.push(' ');
-                self.sequence(s, indent + 2, true)
+                self.out.push(separator);
+                self.sequence(s, list_indent, dash)
             }
             Value::Tagged(t) => self.tagged(&t.tag.to_string(), &t.value, indent),
             other => self.scalar_after_indicator(other, indent),
