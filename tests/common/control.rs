@@ -43,6 +43,17 @@ impl CpProcess {
     /// [`CpProcess::start`] with `extra` appended to the config (e.g. a `[limits]` table)
     /// and logging at `log_level` (`info` logs what a production control plane does).
     pub fn start_with(ca: &Ca, extra: &str, log_level: &'static str) -> Self {
+        Self::launch(ca, extra, log_level, false)
+    }
+
+    /// [`CpProcess::start_with`] with the built-in CA on, so `extra` may register
+    /// `[[workload_api]]` sockets the process serves (its own serving SVID still comes
+    /// from the test PKI's files).
+    pub fn start_with_ca(ca: &Ca, extra: &str, log_level: &'static str) -> Self {
+        Self::launch(ca, extra, log_level, true)
+    }
+
+    fn launch(ca: &Ca, extra: &str, log_level: &'static str, builtin_ca: bool) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let ident = dir.path().join("identity");
         std::fs::create_dir_all(&ident).expect("mkdir");
@@ -64,7 +75,7 @@ cert = "{ident}/tls.crt"
 key = "{ident}/tls.key"
 bundle = "{ident}/ca.crt"
 [ca]
-enabled = false
+enabled = {builtin_ca}
 [admin]
 listen = "{admin_addr}"
 {extra}

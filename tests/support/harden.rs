@@ -276,6 +276,18 @@ impl SidecarProcess {
         nofile: Option<u32>,
         args: &[&str],
     ) -> Self {
+        Self::start_allowing(ca, forward, &[good_id()], extra, nofile, args)
+    }
+
+    /// [`SidecarProcess::start`] with its inbound listener allowing `allow`.
+    pub fn start_allowing(
+        ca: &Ca,
+        forward: SocketAddr,
+        allow: &[String],
+        extra: &str,
+        nofile: Option<u32>,
+        args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let ident = dir.path().join("identity");
         std::fs::create_dir_all(&ident).expect("mkdir");
@@ -295,7 +307,7 @@ bundle = "{ident}/ca.crt"
 name = "http"
 listen = "{addr}"
 forward = "{forward}"
-allow = ["{good}"]
+allow = [{allow}]
 [admin]
 listen = "{admin}"
 metrics_listen = "{metrics}"
@@ -304,7 +316,11 @@ path = "{audit}"
 {extra}
 "#,
             ident = ident.display(),
-            good = good_id(),
+            allow = allow
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             audit = dir.path().join("audit.jsonl").display(),
         );
         let config_path = dir.path().join("sidecar.toml");

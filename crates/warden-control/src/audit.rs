@@ -31,10 +31,12 @@ pub enum AuditEvent {
     Quarantine,
     /// A quarantine was lifted.
     Release,
+    /// Lines of a rate-bounded event were suppressed in a window that has closed.
+    LogSummary,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 12] = [
+    pub const ALL: [AuditEvent; 13] = [
         AuditEvent::Api,
         AuditEvent::ApiHandshake,
         AuditEvent::ApiConnection,
@@ -47,6 +49,7 @@ impl AuditEvent {
         AuditEvent::Anomaly,
         AuditEvent::Quarantine,
         AuditEvent::Release,
+        AuditEvent::LogSummary,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -63,6 +66,7 @@ impl AuditEvent {
             AuditEvent::Anomaly => "anomaly",
             AuditEvent::Quarantine => "quarantine",
             AuditEvent::Release => "release",
+            AuditEvent::LogSummary => "log_summary",
         }
     }
 

@@ -50,6 +50,7 @@ struct RawLimits {
     idle_timeout: Option<String>,
     max_connections_per_peer: Option<usize>,
     max_streams_per_peer: Option<usize>,
+    max_message_bytes_per_peer: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,7 +106,17 @@ pub struct ControlLimits {
     /// Policy API calls in flight (HTTP/2 streams; a watch is one) per caller SPIFFE ID,
     /// over all its connections. The same note on replicas applies.
     pub max_streams_per_peer: usize,
+    /// Bytes of request messages the policy API may hold for one caller SPIFFE ID at
+    /// once, over all its calls (each call counts the largest message it has announced,
+    /// until it ends). A sidecar's watch holds its largest edge report (at most 192 KiB,
+    /// usually a few KiB), so the default fits hundreds of replicas reporting at the
+    /// largest size and bounds what one caller can make the control plane hold.
+    pub max_message_bytes_per_peer: usize,
 }
+
+/// The largest request message of the policy API (PutPolicy's limit): the smallest
+/// `max_message_bytes_per_peer` that still lets an admin write any policy.
+pub const MAX_REQUEST_MESSAGE: usize = 4 * 1024 * 1024;
 
 impl Default for ControlLimits {
     fn default() -> Self {
@@ -113,6 +124,7 @@ impl Default for ControlLimits {
             idle_timeout: Duration::from_secs(300),
             max_connections_per_peer: 1024,
             max_streams_per_peer: 1024,
+            max_message_bytes_per_peer: 64 * 1024 * 1024,
         }
     }
 }
@@ -258,6 +270,18 @@ impl ControlPlaneConfig {
                 raw.limits.max_streams_per_peer,
                 defaults.max_streams_per_peer,
             )?,
+            max_message_bytes_per_peer: match raw.limits.max_message_bytes_per_peer {
+                None => defaults.max_message_bytes_per_peer,
+                Some(n) if n < MAX_REQUEST_MESSAGE => {
+                    return Err(e(
+                        "limits.max_message_bytes_per_peer",
+                        format!(
+                            "{n} is less than {MAX_REQUEST_MESSAGE} (4 MiB, the largest request message: an admin's PutPolicy)"
+                        ),
+                    ));
+                }
+                Some(n) => n,
+            },
         };
         let store = store::store_config(&at, raw.store)?;
         let edges = insight::edges(&at, raw.edges)?;
@@ -295,6 +319,18 @@ svid_ttl = "1h"
 socket = "/run/warden/agents/retriever.sock"
 spiffe_id = "spiffe://example.org/ns/rag/sa/retriever"
 "#;
+
+    #[test]
+    fn the_message_share_defaults_to_64_mib_and_is_at_least_the_largest_message() {
+        let c = ControlPlaneConfig::from_toml("cp.toml", GOOD).expect("valid");
+        assert_eq!(c.limits.max_message_bytes_per_peer, 64 * 1024 * 1024);
+        let c = ControlPlaneConfig::from_toml(
+            "cp.toml",
+            &format!("{GOOD}[limits]\nmax_message_bytes_per_peer = 4194304\n"),
+        )
+        .expect("valid");
+        assert_eq!(c.limits.max_message_bytes_per_peer, MAX_REQUEST_MESSAGE);
+    }
 
     #[test]
     fn the_documented_example_parses_with_defaults() {
@@ -449,6 +485,10 @@ spiffe_id = "spiffe://example.org/ns/rag/sa/retriever"
             (
                 format!("{GOOD}[limits]\nmax_streams_per_peer = 0\n"),
                 "limits.max_streams_per_peer",
+            ),
+            (
+                format!("{GOOD}[limits]\nmax_message_bytes_per_peer = 4194303\n"),
+                "limits.max_message_bytes_per_peer",
             ),
         ] {
             let err = ControlPlaneConfig::from_toml("cp.toml", &edit).expect_err(key);

@@ -14,7 +14,10 @@
 //! - Per connection ([`IdleClose`]): a connection with no call in flight for `idle_timeout`
 //!   is closed. A sidecar's watch stream is a call in flight, so watching never idles.
 //! - Per caller: connections (`transport.rs`) and calls in flight (the policy API's gate)
-//!   per SPIFFE ID are capped with `warden_identity::peer_share::PeerCounts`.
+//!   per SPIFFE ID are capped with `warden_identity::peer_share::PeerCounts`, and so are
+//!   the request-message bytes the policy API holds for it ([`MessageShares`]).
+//! - Log lines a caller can trigger ([`LogBudget`]): 20 a second per kind, with counts of
+//!   what was left out and a summary line when a flood stops.
 //!
 //! It must never refuse a call that the handler would authorize (the gate is a pure
 //! function of the method and the caller's certificate identity), and never let a refused
@@ -35,6 +38,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::server::Connected;
+
+use crate::audit::{AuditEvent, Decision};
 
 /// Locally reset streams a connection may cause before it is sent GOAWAY (h2's default,
 /// which tonic leaves unset and thereby disables).
@@ -205,16 +210,35 @@ impl MethodLimits {
     }
 }
 
+/// The callers' message shares, and how a connection's peer names its caller.
+type SharesOf<T> = (Arc<MessageShares>, fn(&T) -> String);
+
 /// The tower layer: counts calls per connection, applies the gate and the message limits.
 #[derive(Clone)]
 pub struct GuardLayer<T> {
     gate: Gate<T>,
     limits: MethodLimits,
+    shares: Option<SharesOf<T>>,
 }
 
 impl<T> GuardLayer<T> {
     pub fn new(gate: Gate<T>, limits: MethodLimits) -> Self {
-        Self { gate, limits }
+        Self {
+            gate,
+            limits,
+            shares: None,
+        }
+    }
+
+    /// Holds each caller (named by `key` from the connection's peer) to its share of
+    /// request-message bytes in flight ([`MessageShares`]).
+    pub fn with_message_shares(
+        mut self,
+        shares: Arc<MessageShares>,
+        key: fn(&T) -> String,
+    ) -> Self {
+        self.shares = Some((shares, key));
+        self
     }
 }
 
@@ -226,6 +250,7 @@ impl<S, T> tower::Layer<S> for GuardLayer<T> {
             inner,
             gate: self.gate.clone(),
             limits: self.limits.clone(),
+            shares: self.shares.clone(),
         }
     }
 }
@@ -235,6 +260,7 @@ pub struct Guard<S, T> {
     inner: S,
     gate: Gate<T>,
     limits: MethodLimits,
+    shares: Option<SharesOf<T>>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -267,9 +293,17 @@ where
             },
             None => None,
         };
+        let share = match (&conn, &self.shares) {
+            (Some(conn), Some((shares, key))) => Some(Share {
+                shares: shares.clone(),
+                key: key(&conn.peer),
+                held: 0,
+            }),
+            _ => None,
+        };
         let call = conn.map(|c| c.activity.begin());
         let limit = self.limits.limit(&path);
-        let req = req.map(|body| Body::new(MessageLimit::new(body, limit, path)));
+        let req = req.map(|body| Body::new(MessageLimit::new(body, limit, path, share)));
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;
@@ -312,12 +346,87 @@ impl http_body::Body for Tracked {
     }
 }
 
+/// Bytes of request messages each caller may have a server hold at once, over all its
+/// calls. tonic reserves a message's whole announced length when its prefix arrives and
+/// keeps that buffer for the rest of the call, so a call counts the largest message it has
+/// announced, from its prefix until the call's request body is dropped. Without it one
+/// caller could hold its streams' worth of method limits (1,024 watches x 256 KiB).
+#[derive(Debug)]
+pub struct MessageShares {
+    max: usize,
+    held: Mutex<HashMap<String, usize>>,
+}
+
+impl MessageShares {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// What `key` holds now.
+    pub fn held(&self, key: &str) -> usize {
+        self.lock().get(key).copied().unwrap_or(0)
+    }
+
+    /// `by` more bytes for `key`, unless that would take it over `max`.
+    fn grow(&self, key: &str, by: usize) -> bool {
+        let mut held = self.lock();
+        let now = held.get(key).copied().unwrap_or(0);
+        if now.saturating_add(by) > self.max {
+            return false;
+        }
+        held.insert(key.to_owned(), now + by);
+        true
+    }
+
+    fn shrink(&self, key: &str, by: usize) {
+        let mut held = self.lock();
+        if let Some(n) = held.get_mut(key) {
+            *n = n.saturating_sub(by);
+            if *n == 0 {
+                held.remove(key);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        // Each critical section is one map update; a poisoned map is still consistent.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One call's part of its caller's [`MessageShares`], given back when dropped.
+struct Share {
+    shares: Arc<MessageShares>,
+    key: String,
+    /// The largest message this call has announced.
+    held: usize,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.shares.shrink(&self.key, self.held);
+    }
+}
+
+/// Calls ended for their caller's share of message bytes: logged per call, a flood
+/// summarized.
+static SHARE_LOG: LogBudget = LogBudget::new(AuditEvent::Api.as_str(), 20);
+
 /// A request body that fails with RESOURCE_EXHAUSTED as soon as a gRPC message's length
-/// prefix announces more than `limit` bytes, before the message is buffered by tonic.
+/// prefix announces more than `limit` bytes, or more than its caller's share of message
+/// bytes in flight allows, before the message is buffered by tonic.
 struct MessageLimit {
     inner: Body,
     limit: usize,
     method: String,
+    share: Option<Share>,
     /// Bytes of the current 5-byte message prefix seen so far, and the prefix.
     prefix: [u8; 5],
     prefix_len: usize,
@@ -326,15 +435,39 @@ struct MessageLimit {
 }
 
 impl MessageLimit {
-    fn new(inner: Body, limit: usize, method: String) -> Self {
+    fn new(inner: Body, limit: usize, method: String, share: Option<Share>) -> Self {
         Self {
             inner,
             limit,
             method,
+            share,
             prefix: [0; 5],
             prefix_len: 0,
             remaining: 0,
         }
+    }
+
+    /// Counts a message of `len` bytes against the caller's share, if this call has not
+    /// announced one as large before.
+    fn take_share(&mut self, len: usize) -> Result<(), Status> {
+        let Some(share) = &mut self.share else {
+            return Ok(());
+        };
+        if len <= share.held {
+            return Ok(());
+        }
+        if !share.shares.grow(&share.key, len - share.held) {
+            let max = share.shares.max();
+            if let Some(suppressed) = SHARE_LOG.admit() {
+                tracing::warn!(target: "warden::audit", event = AuditEvent::Api.as_str(), method = %self.method, caller = %share.key, decision = Decision::Deny.as_str(), limit = "limits.max_message_bytes_per_peer", max, suppressed, "control-plane call ended: the caller's request messages in flight would exceed its share");
+            }
+            return Err(Status::resource_exhausted(format!(
+                "{}: a request message of {len} bytes would take {} over its share of request messages in flight ({max} bytes)",
+                self.method, share.key
+            )));
+        }
+        share.held = len;
+        Ok(())
     }
 
     /// Walks the message framing of `chunk`; the first message over the limit is an error.
@@ -363,6 +496,7 @@ impl MessageLimit {
                         self.method, self.limit
                     )));
                 }
+                self.take_share(len)?;
                 self.remaining = len;
                 self.prefix_len = 0;
             }
@@ -403,9 +537,13 @@ impl http_body::Body for MessageLimit {
 
 /// A budget of log lines per second for one kind of event a caller can trigger at will
 /// (a watch opened, a call refused). Over budget the line is skipped and counted; the next
-/// line let through carries the count (`suppressed`), so the log still says how many.
+/// line let through carries the count (`suppressed`), and a window that closes with lines
+/// still uncounted writes one summary line (`event="log_summary"`) with the count, so a
+/// flood that stops is still summarized.
 #[derive(Debug)]
 pub struct LogBudget {
+    /// The `event` of the lines it bounds, named in the summary line.
+    kind: &'static str,
     per_second: u32,
     window: Mutex<Option<Window>>,
 }
@@ -415,35 +553,80 @@ struct Window {
     start: Instant,
     used: u32,
     suppressed: u64,
+    /// A summary is scheduled for the end of this window.
+    flush_scheduled: bool,
 }
 
+const LOG_WINDOW: Duration = Duration::from_secs(1);
+
 impl LogBudget {
-    pub const fn new(per_second: u32) -> Self {
+    pub const fn new(kind: &'static str, per_second: u32) -> Self {
         Self {
+            kind,
             per_second,
             window: Mutex::new(None),
         }
     }
 
     /// `Some(lines suppressed since the last one written)` when this line may be written,
-    /// `None` when it is over budget (and counted).
-    pub fn admit(&self) -> Option<u64> {
+    /// `None` when it is over budget (and counted). The first line suppressed in a window
+    /// schedules the window's summary (when called within a Tokio runtime).
+    pub fn admit(&'static self) -> Option<u64> {
+        let (admitted, flush_at) = self.admit_at(Instant::now());
+        if let Some(at) = flush_at
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                tokio::time::sleep_until((at + Duration::from_millis(1)).into()).await;
+                self.flush();
+            });
+        }
+        admitted
+    }
+
+    /// Writes the summary line of a closed window, if it has lines not yet counted.
+    pub fn flush(&self) {
+        if let Some(suppressed) = self.summary_at(Instant::now()) {
+            tracing::warn!(target: "warden::audit", event = AuditEvent::LogSummary.as_str(), kind = self.kind, suppressed, per_second = self.per_second, "rate-bounded log lines suppressed");
+        }
+    }
+
+    /// [`LogBudget::admit`] at `now`: whether the line may be written (with the count it
+    /// carries), and when to write the window's summary if this line starts the need for
+    /// one.
+    fn admit_at(&self, now: Instant) -> (Option<u64>, Option<Instant>) {
         let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         let w = window.get_or_insert(Window {
             start: now,
             used: 0,
             suppressed: 0,
+            flush_scheduled: false,
         });
-        if now.duration_since(w.start) >= Duration::from_secs(1) {
+        if now.duration_since(w.start) >= LOG_WINDOW {
             w.start = now;
             w.used = 0;
+            w.flush_scheduled = false;
         }
         if w.used >= self.per_second {
             w.suppressed += 1;
-            return None;
+            let flush_at = (!w.flush_scheduled).then(|| {
+                w.flush_scheduled = true;
+                w.start + LOG_WINDOW
+            });
+            return (None, flush_at);
         }
         w.used += 1;
+        (Some(std::mem::take(&mut w.suppressed)), None)
+    }
+
+    /// The count a summary at `now` carries: what is still uncounted once its window has
+    /// closed (a line written since has carried it already).
+    fn summary_at(&self, now: Instant) -> Option<u64> {
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let w = window.as_mut()?;
+        if now.duration_since(w.start) < LOG_WINDOW || w.suppressed == 0 {
+            return None;
+        }
         Some(std::mem::take(&mut w.suppressed))
     }
 }
@@ -454,7 +637,7 @@ mod tests {
 
     #[test]
     fn message_limit_follows_the_framing_across_chunks() {
-        let mut m = MessageLimit::new(Body::empty(), 10, "/m".into());
+        let mut m = MessageLimit::new(Body::empty(), 10, "/m".into(), None);
         // A 3-byte message, then a 10-byte one split across chunks: all within the limit.
         assert!(m.check(&[0, 0, 0, 0, 3, 1, 2]).is_ok());
         assert!(m.check(&[3, 0, 0, 0]).is_ok());
@@ -468,10 +651,83 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_holds_its_largest_message_per_call_within_its_share() {
+        let shares = MessageShares::new(100);
+        let call = |key: &str| {
+            let share = Share {
+                shares: shares.clone(),
+                key: key.into(),
+                held: 0,
+            };
+            MessageLimit::new(Body::empty(), 80, "/m".into(), Some(share))
+        };
+        let prefix = |len: u32| {
+            let mut p = vec![0];
+            p.extend(len.to_be_bytes());
+            p
+        };
+        let mut a = call("a");
+        // 60 announced, then sent: held 60. A smaller message later takes nothing more.
+        assert!(a.check(&prefix(60)).is_ok());
+        assert!(a.check(&[0; 60]).is_ok());
+        assert!(a.check(&prefix(10)).is_ok());
+        assert!(a.check(&[0; 10]).is_ok());
+        assert_eq!(shares.held("a"), 60);
+        // A second call of the same caller: 40 fits, 41 would not.
+        let mut b = call("a");
+        let err = b.check(&prefix(41)).expect_err("over the share");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        let mut b = call("a");
+        assert!(b.check(&prefix(40)).is_ok());
+        assert_eq!(shares.held("a"), 100);
+        // Another caller has its own share.
+        let mut c = call("c");
+        assert!(c.check(&prefix(80)).is_ok());
+        // Given back when the calls end.
+        drop((a, b));
+        assert_eq!(shares.held("a"), 0);
+        assert_eq!(shares.held("c"), 80);
+        drop(c);
+        assert!(shares.lock().is_empty());
+    }
+
+    #[test]
     fn the_log_budget_counts_what_it_suppresses() {
-        let budget = LogBudget::new(3);
-        let admitted: Vec<_> = (0..10).map(|_| budget.admit()).collect();
+        let budget = LogBudget::new("test", 3);
+        let t0 = Instant::now();
+        let admitted: Vec<_> = (0..10).map(|_| budget.admit_at(t0).0).collect();
         assert_eq!(admitted[..3], [Some(0), Some(0), Some(0)]);
         assert!(admitted[3..].iter().all(Option::is_none));
+        // The next line let through, in the next window, carries the count.
+        let next = t0 + LOG_WINDOW;
+        assert_eq!(budget.admit_at(next).0, Some(7));
+        assert_eq!(budget.admit_at(next).0, Some(0), "counted once");
+        // Nothing is left for a summary.
+        assert_eq!(budget.summary_at(next + LOG_WINDOW), None);
+    }
+
+    #[test]
+    fn a_flood_that_stops_is_summarized_when_its_window_closes() {
+        let budget = LogBudget::new("test", 2);
+        let t0 = Instant::now();
+        let mut flush_at = Vec::new();
+        for _ in 0..25 {
+            let (_, at) = budget.admit_at(t0);
+            flush_at.extend(at);
+        }
+        // One summary scheduled, at the window's end.
+        assert_eq!(flush_at, [t0 + LOG_WINDOW]);
+        // Not before the window has closed...
+        assert_eq!(budget.summary_at(t0 + Duration::from_millis(500)), None);
+        // ...then once, with every line suppressed.
+        assert_eq!(budget.summary_at(t0 + LOG_WINDOW), Some(23));
+        assert_eq!(budget.summary_at(t0 + LOG_WINDOW), None);
+        // A line after the summary carries nothing: no line is counted twice.
+        assert_eq!(budget.admit_at(t0 + 2 * LOG_WINDOW).0, Some(0));
+        // A new window's flood schedules its own summary.
+        let t1 = t0 + 3 * LOG_WINDOW;
+        let scheduled: Vec<_> = (0..5).filter_map(|_| budget.admit_at(t1).1).collect();
+        assert_eq!(scheduled, [t1 + LOG_WINDOW]);
+        assert_eq!(budget.summary_at(t1 + LOG_WINDOW), Some(3));
     }
 }

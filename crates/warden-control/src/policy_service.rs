@@ -54,7 +54,7 @@ pub fn method_limits() -> MethodLimits {
         &[
             (
                 "/warden.control.v1.PolicyService/PutPolicy",
-                4 * 1024 * 1024,
+                crate::config::MAX_REQUEST_MESSAGE,
             ),
             ("/warden.control.v1.PolicyService/GetPolicy", SMALL),
             ("/warden.control.v1.PolicyService/DeletePolicy", SMALL),
@@ -75,8 +75,8 @@ pub fn method_limits() -> MethodLimits {
 const MAX_SIDECAR_VERSION: usize = 64;
 
 /// Log lines a caller can trigger at will (each watch opened, each refusal).
-static WATCH_LOG: LogBudget = LogBudget::new(20);
-static REFUSAL_LOG: LogBudget = LogBudget::new(20);
+static WATCH_LOG: LogBudget = LogBudget::new(AuditEvent::Watch.as_str(), 20);
+static REFUSAL_LOG: LogBudget = LogBudget::new(AuditEvent::Api.as_str(), 20);
 
 #[derive(Debug, Clone)]
 struct Session {
@@ -172,6 +172,18 @@ fn refuse_over_share(caller: &Caller, max: usize) -> Status {
         "{} already has {max} calls in flight on this control plane",
         caller.spiffe_id
     ))
+}
+
+/// The status a watch ends with when its request stream fails. tonic reports a message it
+/// cannot decode (bad protobuf, a compressed flag without `grpc-encoding`, a message cut
+/// short by the end of the stream) as INTERNAL; the fault is the caller's, so it is told
+/// INVALID_ARGUMENT. Other failures (RESOURCE_EXHAUSTED for an oversized message) stand.
+fn request_stream_error(status: Status) -> Status {
+    if status.code() == tonic::Code::Internal {
+        Status::invalid_argument(format!("malformed watch request: {}", status.message()))
+    } else {
+        status
+    }
 }
 
 /// What a sidecar says its version is, as kept: at most [`MAX_SIDECAR_VERSION`] bytes of
@@ -465,8 +477,9 @@ impl PolicyService for PolicyApi {
             tracing::info!(target: "warden::audit", event = AuditEvent::Watch.as_str(), workload = %id, addr = %caller.addr, suppressed, "sidecar watching its policy");
         }
         // Acks arrive on the request stream. A request stream that fails (an oversized or
-        // malformed message) ends the watch with its error; one the sidecar closes cleanly
-        // just stops the acks. The session is listed exactly while the watch is served: it
+        // malformed message) ends the watch with its error, and so does an ack of a version
+        // this watch never sent (OUT_OF_RANGE); one the sidecar closes cleanly just stops
+        // the acks. The session is listed exactly while the watch is served: it
         // is removed when the response stream is dropped.
         let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Status>();
         let hub = self.hub.clone();
@@ -501,6 +514,18 @@ impl PolicyService for PolicyApi {
                                 session.sidecar_version = bounded_version(&h.sidecar_version)
                             }
                             Some(pb::watch_request::Msg::Ack(a)) => {
+                                // A sidecar acknowledges a version it was sent on this watch;
+                                // a higher one would make `status` show a version in force
+                                // that no sidecar has.
+                                if a.applied_version > session.sent_version {
+                                    let status = Status::out_of_range(format!(
+                                        "acknowledged version {} was never sent on this watch (last sent: {})",
+                                        a.applied_version, session.sent_version
+                                    ));
+                                    drop(sessions);
+                                    let _ = end_tx.send(status);
+                                    return;
+                                }
                                 session.applied_version = a.applied_version
                             }
                             Some(pb::watch_request::Msg::EdgeReport(_)) | None => {}
@@ -508,7 +533,7 @@ impl PolicyService for PolicyApi {
                     }
                     Ok(None) => return,
                     Err(status) => {
-                        let _ = end_tx.send(status);
+                        let _ = end_tx.send(request_stream_error(status));
                         return;
                     }
                 }

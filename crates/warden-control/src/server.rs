@@ -205,6 +205,10 @@ impl ControlPlane {
         let guard = crate::grpc_limits::GuardLayer::new(
             api.gate(config.limits.max_streams_per_peer),
             crate::policy_service::method_limits(),
+        )
+        .with_message_shares(
+            crate::grpc_limits::MessageShares::new(config.limits.max_message_bytes_per_peer),
+            |caller: &crate::transport::Caller| caller.spiffe_id.to_string(),
         );
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter

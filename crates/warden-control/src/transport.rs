@@ -51,7 +51,7 @@ pub struct ApiLimits {
 }
 
 /// Handshake failures and refusals are logged per connection; a flood is summarized.
-static CONNECTION_LOG: LogBudget = LogBudget::new(20);
+static CONNECTION_LOG: LogBudget = LogBudget::new("api_handshake, api_connection", 20);
 
 impl Connected for MtlsConn {
     type ConnectInfo = Caller;

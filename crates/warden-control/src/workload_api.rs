@@ -52,7 +52,7 @@ mod jwt;
 /// The largest request message: every Workload API request is a handful of short strings.
 const MAX_REQUEST_MESSAGE: usize = 64 * 1024;
 /// Refusals are logged per call; a flood of them is summarized.
-static DENIED_LOG: LogBudget = LogBudget::new(20);
+static DENIED_LOG: LogBudget = LogBudget::new("workload_api_denied", 20);
 
 /// Retry pace when the CA fails to issue a renewal (the current SVID stays served meanwhile).
 const ISSUE_RETRY: Duration = Duration::from_secs(1);

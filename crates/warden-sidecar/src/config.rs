@@ -637,6 +637,50 @@ mod tests {
         assert!(!e.key.is_empty(), "{e}");
     }
 
+    /// One peer's share of inbound connections: a quarter of `max_connections` unless set,
+    /// at least 1, and never 0 or more than `max_connections`.
+    #[test]
+    fn the_per_peer_share_defaults_to_a_quarter_and_is_checked() {
+        let base = "trust_domain = \"example.org\"\n[identity]\nsource = \"files\"\ncert = \"c\"\nkey = \"k\"\nbundle = \"b\"\n[[inbound]]\nname = \"h\"\nlisten = \"127.0.0.1:0\"\nforward = \"127.0.0.1:1\"\n";
+        let parsed = |extra: &str| SidecarConfig::from_toml("f.toml", &format!("{base}{extra}"));
+        let share = |extra: &str| {
+            parsed(extra)
+                .expect("valid")
+                .limits
+                .max_connections_per_peer
+        };
+        assert_eq!(share(""), 2_500, "a quarter of the default 10,000");
+        assert_eq!(Limits::default().max_connections_per_peer, 2_500);
+        assert_eq!(share("[limits]\nmax_connections = 8\n"), 2);
+        assert_eq!(share("[limits]\nmax_connections = 3\n"), 1, "at least 1");
+        assert_eq!(
+            share("[limits]\nmax_connections = 8\nmax_connections_per_peer = 8\n"),
+            8
+        );
+        assert_eq!(
+            share("[limits]\nmax_connections = 8\nmax_connections_per_peer = 1\n"),
+            1
+        );
+        for (extra, problem) in [
+            (
+                "[limits]\nmax_connections_per_peer = 0\n",
+                "must be at least 1",
+            ),
+            (
+                "[limits]\nmax_connections = 8\nmax_connections_per_peer = 9\n",
+                "9 is more than limits.max_connections (8)",
+            ),
+            (
+                "[limits]\nmax_connections_per_peer = 10001\n",
+                "10001 is more than limits.max_connections (10000)",
+            ),
+        ] {
+            let e = parsed(extra).expect_err(extra);
+            assert_eq!(e.key, "limits.max_connections_per_peer", "{e}");
+            assert!(e.to_string().contains(problem), "{e}");
+        }
+    }
+
     #[test]
     fn workers_default_to_the_cpus_up_to_two_and_zero_means_every_cpu() {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
