@@ -4,10 +4,14 @@
 //! intermediate with cA=true but keyUsage digitalSignature only, itself issued by the trust
 //! domain's root, mints an SVID for any ID. It is refused here:
 //! - by X509-SVID validation, directly and through the remembered-chain cache;
-//! - inbound, over a real socket: no byte reaches the app, `untrusted` counted and audited;
+//! - as the workload's own SVID: from a Workload API agent (over a real socket) that serves
+//!   one, nothing is installed;
+//! - inbound, over a real socket: no byte reaches the app, `issuer_cannot_sign` counted and
+//!   audited;
 //! - outbound: an impostor upstream presenting the expected ID through such an intermediate
 //!   gets no byte of the app's;
-//! - at the control plane's API: an "admin" minted that way writes nothing.
+//! - at the control plane's API: an "admin" minted that way writes nothing; the refusal is
+//!   logged and counted as `issuer_cannot_sign`.
 
 mod common;
 #[path = "support/harden.rs"]
@@ -25,10 +29,36 @@ use harden::*;
 use rcgen::KeyUsagePurpose;
 use rustls::pki_types::UnixTime;
 use tokio::io::AsyncReadExt;
+use warden_identity::source::{SourceEvent, SvidSource};
 use warden_identity::svid::{SignerDefect, SvidError, Usage, validate};
-use warden_identity::{HandshakeFailure, Identity};
+use warden_identity::{HandshakeFailure, Identity, WorkloadApiSource};
 use warden_proto::control::v1 as pb;
 use warden_proto::control::v1::policy_service_client::PolicyServiceClient;
+use warden_proto::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
+use warden_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
+    X509svidResponse,
+};
+
+/// The body of `GET path` on an HTTP listener (the control plane's admin listener).
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::time::timeout(DEADLINE, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    String::from_utf8_lossy(&raw).into_owned()
+}
 
 /// The intermediate of the attack: a CA that may only sign data, not certificates.
 fn signing_only(ca: &Ca) -> Ca {
@@ -74,7 +104,7 @@ fn every_certificate_that_signs_must_be_allowed_to_sign_certificates() {
     for usage in [Usage::Client, Usage::Server] {
         let err = check(&root, &signing_only(&root).svid(&good), usage).expect_err("no certSign");
         assert!(cannot_sign(&err, SignerDefect::NoKeyCertSign), "{err:?}");
-        assert_eq!(err.failure(), HandshakeFailure::Untrusted);
+        assert_eq!(err.failure(), HandshakeFailure::IssuerCannotSign);
         assert!(err.to_string().contains("keyCertSign"), "{err}");
     }
     // No keyUsage at all on an intermediate (X509-SVID requires keyCertSign).
@@ -118,15 +148,142 @@ fn the_remembered_chain_cache_never_holds_a_chain_through_a_non_signing_issuer()
     assert_eq!(me.validated_chain_hits(), 0);
 }
 
-#[test]
-fn an_own_svid_issued_through_a_non_signing_intermediate_is_not_installed() {
-    let root = Ca::new(TD);
-    let svid = signing_only(&root).svid(&id("/vectordb"));
-    let res = Identity::from_der(svid.chain.clone(), svid.key_der(), Ca::bundles(&[&root]));
-    assert!(
-        res.is_err(),
-        "own SVID through a non-signing CA was accepted"
+/// A Workload API that hands out `svid` (with `root` as the bundle) to every caller, as a
+/// compromised or misconfigured agent would: no check of its own on what it serves.
+struct FakeAgent {
+    response: X509svidResponse,
+}
+
+type SvidStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<X509svidResponse, tonic::Status>> + Send>,
+>;
+type BundleStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<X509BundlesResponse, tonic::Status>> + Send>,
+>;
+type JwtBundleStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<JwtBundlesResponse, tonic::Status>> + Send>,
+>;
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for FakeAgent {
+    type FetchX509SVIDStream = SvidStream;
+    type FetchX509BundlesStream = BundleStream;
+    type FetchJWTBundlesStream = JwtBundleStream;
+
+    async fn fetch_x509svid(
+        &self,
+        _: tonic::Request<X509svidRequest>,
+    ) -> Result<tonic::Response<SvidStream>, tonic::Status> {
+        // One answer, then the stream stays open as an agent's does.
+        let first = tokio_stream::once(Ok(self.response.clone()));
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::StreamExt::chain(first, tokio_stream::pending()),
+        )))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        _: tonic::Request<X509BundlesRequest>,
+    ) -> Result<tonic::Response<BundleStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        _: tonic::Request<JwtsvidRequest>,
+    ) -> Result<tonic::Response<JwtsvidResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        _: tonic::Request<JwtBundlesRequest>,
+    ) -> Result<tonic::Response<JwtBundleStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        _: tonic::Request<ValidateJwtsvidRequest>,
+    ) -> Result<tonic::Response<ValidateJwtsvidResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+/// Serves `svid` on a fresh Unix socket; returns its `unix://` endpoint.
+async fn fake_agent(dir: &std::path::Path, root: &Ca, svid: &Svid, path: &str) -> String {
+    let socket = dir.join("agent.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind agent socket");
+    let response = X509svidResponse {
+        svids: vec![X509svid {
+            spiffe_id: id(path),
+            x509_svid: svid.chain.iter().flat_map(|c| c.to_vec()).collect(),
+            x509_svid_key: svid.key.secret_pkcs8_der().to_vec(),
+            bundle: root.cert.to_vec(),
+            hint: String::new(),
+        }],
+        ..Default::default()
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SpiffeWorkloadApiServer::new(FakeAgent { response }))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
     );
+    format!("unix://{}", socket.display())
+}
+
+/// The first thing a Workload API source reports about what the agent served.
+async fn first_event(endpoint: String) -> SourceEvent {
+    let source = Box::new(WorkloadApiSource {
+        endpoint: Some(endpoint),
+        spiffe_id: None,
+    });
+    let mut handle = source.start();
+    tokio::time::timeout(DEADLINE, handle.events.recv())
+        .await
+        .expect("the source reports within the deadline")
+        .expect("the source is running")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_svid_issued_through_a_non_signing_intermediate_is_not_installed() {
+    let root = Ca::new(TD);
+    let path = "/ns/rag/sa/vectordb";
+    // The same agent serving a good SVID: it is installed (the harness works).
+    let dir = tempfile::tempdir().expect("tmp");
+    let good = fake_agent(dir.path(), &root, &root.svid(&id(path)), path).await;
+    assert!(
+        matches!(first_event(good).await, SourceEvent::Updated(ref i) if i.spiffe_id().to_string() == id(path)),
+        "a good SVID from the agent was not installed"
+    );
+    // One minted through a CA without keyCertSign: rejected, saying why, never installed.
+    let dir = tempfile::tempdir().expect("tmp");
+    let forged = signing_only(&root).svid(&id(path));
+    let bad = fake_agent(dir.path(), &root, &forged, path).await;
+    // Two layers refuse it: the `spiffe` client parses the chain and drops an update whose
+    // signing certificate lacks keyCertSign (no initial sync), and Warden's own check runs
+    // on whatever that client passes on (`Identity::from_der`, below).
+    match first_event(bad).await {
+        SourceEvent::Rejected { reason } => {
+            assert!(
+                reason.contains("keyCertSign"),
+                "rejected without why: {reason}"
+            )
+        }
+        SourceEvent::Unavailable { reason } => assert!(
+            reason.contains("initial synchronization"),
+            "not the refused sync: {reason}"
+        ),
+        SourceEvent::Updated(_) => panic!("own SVID through a non-signing CA was installed"),
+    }
+    // Warden's own check, as the Workload API and files sources build an identity.
+    let err = Identity::from_der(
+        forged.chain.clone(),
+        forged.key_der(),
+        Ca::bundles(&[&root]),
+    )
+    .expect_err("own SVID through a non-signing CA accepted");
+    assert!(err.to_string().contains("keyCertSign"), "{err}");
 }
 
 #[tokio::test]
@@ -136,8 +293,8 @@ async fn inbound_refuses_a_client_svid_minted_by_a_non_signing_intermediate() {
     let cfg = raw_client_config(Some((&forged.chain, forged.key_der())), TLS13);
     let res = tls_exchange(t.addr, cfg, b"exfiltrate").await;
     assert!(res.is_err(), "forged client was served: {res:?}");
-    assert_eq!(t.wait_handshakes("untrusted", 1).await, 1);
-    let r = t.assert_failure_audited("untrusted").await;
+    assert_eq!(t.wait_handshakes("issuer_cannot_sign", 1).await, 1);
+    let r = t.assert_failure_audited("issuer_cannot_sign").await;
     assert!(
         r["detail"]
             .as_str()
@@ -206,13 +363,13 @@ async fn outbound_sends_nothing_to_an_upstream_whose_svid_a_non_signing_intermed
         matches!(&res, Ok(v) if v.is_empty()) || res.is_err(),
         "got an answer from the impostor: {res:?}"
     );
-    let want = [("direction", "outbound"), ("result", "untrusted")];
+    let want = [("direction", "outbound"), ("result", "issuer_cannot_sign")];
     wait_metric(&a, "warden_tls_handshakes_total", &want, 1).await;
     wait_until("outbound failure audited with why", DEADLINE, || {
         audit_records(&audit).iter().any(|r| {
             r["event"] == "handshake_failure"
                 && r["direction"] == "outbound"
-                && r["reason"] == "untrusted"
+                && r["reason"] == "issuer_cannot_sign"
                 && r["detail"]
                     .as_str()
                     .is_some_and(|d| d.contains("keyCertSign"))
@@ -285,11 +442,28 @@ async fn the_control_plane_refuses_an_admin_id_minted_by_a_non_signing_intermedi
         DEADLINE,
         || {
             cp.log().lines().any(|l| {
-                l.contains("api_handshake") && l.contains("untrusted") && l.contains("keyCertSign")
+                l.contains("api_handshake")
+                    && l.contains("issuer_cannot_sign")
+                    && l.contains("keyCertSign")
             })
         },
     )
     .await;
+    // And counted under its own reason on the control plane's metrics.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let metrics = http_get(cp.admin_addr, "/metrics").await;
+        if metrics.contains(
+            "warden_control_api_handshake_failures_total{result=\"issuer_cannot_sign\"} 1",
+        ) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refused handshake is not counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The real admin still writes.
     put(&mut admin, inbound_policy("/vectordb", &["/app"]), None)
         .await

@@ -133,9 +133,13 @@ impl Ca {
             .iter()
             .map(|u| SanType::URI(u.clone().try_into().expect("uri")))
             .collect();
-        if spec.is_ca {
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        }
+        params.is_ca = if spec.is_ca {
+            IsCa::Ca(BasicConstraints::Unconstrained)
+        } else {
+            // basicConstraints cA=false, present as SPIRE writes it (some clients, the
+            // `spiffe` crate among them, refuse a leaf without it).
+            IsCa::ExplicitNoCa
+        };
         params.key_usages = spec.key_usage.clone();
         params.extended_key_usages = spec.eku.clone();
         params.use_authority_key_identifier_extension = true;

@@ -12,6 +12,8 @@ use std::sync::{LazyLock, Mutex, MutexGuard};
 
 use crate::audit::{GateResult, SvidKind, WriteAction, WriteResult};
 
+use warden_identity::HandshakeFailure;
+
 /// The policy API's methods, as `method` label values; anything else is `other`.
 const API_METHODS: &[&str] = &[
     "PutPolicy",
@@ -35,6 +37,7 @@ pub struct ControlMetrics {
     policy_writes: Mutex<BTreeMap<Labels2, u64>>,
     svids_issued: Mutex<BTreeMap<&'static str, u64>>,
     workload_api_calls: Mutex<BTreeMap<&'static str, u64>>,
+    api_handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     watchers: AtomicI64,
 }
 
@@ -79,6 +82,14 @@ impl ControlMetrics {
     /// A Workload API call (its gRPC method name).
     pub fn workload_api_call(&self, method: &'static str) {
         *lock(&self.workload_api_calls).entry(method).or_insert(0) += 1;
+    }
+
+    /// A policy API connection refused at its mTLS handshake, by the same `result` labels
+    /// as the sidecar's `warden_tls_handshakes_total`.
+    pub fn api_handshake_failed(&self, failure: HandshakeFailure) {
+        *lock(&self.api_handshake_failures)
+            .entry(failure.as_label())
+            .or_insert(0) += 1;
     }
 
     pub fn watcher_opened(&self) {
@@ -139,6 +150,23 @@ impl ControlMetrics {
                 out,
                 "warden_control_workload_api_calls_total{{method=\"{method}\"}} {n}"
             );
+        }
+        counter(
+            &mut out,
+            "warden_control_api_handshake_failures",
+            "Policy API connections refused at the mTLS handshake, by reason",
+        );
+        {
+            let failures = lock(&self.api_handshake_failures);
+            // Every reason, at 0 until it happens: a dashboard sees the series from the start.
+            for failure in HandshakeFailure::ALL {
+                let result = failure.as_label();
+                let n = failures.get(result).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "warden_control_api_handshake_failures_total{{result=\"{result}\"}} {n}"
+                );
+            }
         }
         let _ = writeln!(
             out,

@@ -23,6 +23,7 @@ use tonic::transport::server::Connected;
 use warden_identity::peer_share::{PeerCounts, PeerSlot};
 
 use crate::grpc_limits::{IdleClose, LogBudget};
+use crate::metrics::METRICS;
 use warden_identity::svid::spiffe_id_of;
 use warden_identity::{HandshakeFailure, IdentityStore, SpiffeId};
 
@@ -123,6 +124,7 @@ pub fn incoming(
                 {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
+                        METRICS.api_handshake_failed(HandshakeFailure::classify_io(&e));
                         if let Some(suppressed) = CONNECTION_LOG.admit() {
                             let reason = HandshakeFailure::classify_io(&e).as_label();
                             let error = HandshakeFailure::describe_io(&e);
@@ -131,6 +133,7 @@ pub fn incoming(
                         return;
                     }
                     Err(_) => {
+                        METRICS.api_handshake_failed(HandshakeFailure::Timeout);
                         if let Some(suppressed) = CONNECTION_LOG.admit() {
                             tracing::warn!(target: "warden::audit", event = crate::audit::AuditEvent::ApiHandshake.as_str(), %addr, result = "timeout", suppressed, "control-plane handshake timed out");
                         }
@@ -144,6 +147,7 @@ pub fn incoming(
                     .and_then(|c| c.first())
                     .map(spiffe_id_of);
                 let Some(Ok(spiffe_id)) = id else {
+                    METRICS.api_handshake_failed(HandshakeFailure::BadSvid);
                     if let Some(suppressed) = CONNECTION_LOG.admit() {
                         tracing::warn!(target: "warden::audit", event = crate::audit::AuditEvent::ApiHandshake.as_str(), %addr, result = "bad_svid", suppressed, "control-plane caller has no readable SPIFFE ID");
                     }

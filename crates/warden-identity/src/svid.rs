@@ -85,9 +85,8 @@ impl SvidError {
     pub fn failure(&self) -> crate::HandshakeFailure {
         use crate::HandshakeFailure as F;
         match self {
-            SvidError::UnknownTrustDomain(_)
-            | SvidError::Untrusted { .. }
-            | SvidError::IssuerCannotSign { .. } => F::Untrusted,
+            SvidError::UnknownTrustDomain(_) | SvidError::Untrusted { .. } => F::Untrusted,
+            SvidError::IssuerCannotSign { .. } => F::IssuerCannotSign,
             SvidError::Expired | SvidError::NotYetValid => F::Expired,
             SvidError::IdentityMismatch { .. } => F::IdentityMismatch,
             _ => F::BadSvid,

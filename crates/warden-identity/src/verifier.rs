@@ -44,6 +44,9 @@ pub fn signature_algorithms() -> WebPkiSupportedAlgorithms {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HandshakeFailure {
     Untrusted,
+    /// A certificate in the peer's chain signs another but may not sign certificates (a CA
+    /// without keyCertSign): a forged intermediate, told apart from an unknown CA.
+    IssuerCannotSign,
     Expired,
     BadSvid,
     IdentityMismatch,
@@ -53,8 +56,9 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
-    pub const ALL: [HandshakeFailure; 7] = [
+    pub const ALL: [HandshakeFailure; 8] = [
         Self::Untrusted,
+        Self::IssuerCannotSign,
         Self::Expired,
         Self::BadSvid,
         Self::IdentityMismatch,
@@ -66,6 +70,7 @@ impl HandshakeFailure {
     pub fn as_label(self) -> &'static str {
         match self {
             Self::Untrusted => "untrusted",
+            Self::IssuerCannotSign => "issuer_cannot_sign",
             Self::Expired => "expired",
             Self::BadSvid => "bad_svid",
             Self::IdentityMismatch => "identity_mismatch",
