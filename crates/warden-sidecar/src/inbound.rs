@@ -139,7 +139,14 @@ pub(crate) async fn serve(
             app: crate::l7::AppClient::new(settings.app_protocol),
         };
         let (stats, meters) = flow::open(&conn, &registration);
-        let reason = crate::l7::serve(ctx, meters.meter(tls), &mut registration.closed).await;
+        // Boxed: the HTTP server's state is larger than the relay's, and every inbound
+        // connection's task would otherwise be sized for it, L4 ones included.
+        let reason = Box::pin(crate::l7::serve(
+            ctx,
+            meters.meter(tls),
+            &mut registration.closed,
+        ))
+        .await;
         flow::report_close(&conn, reason, &stats);
         return;
     }
