@@ -29,6 +29,30 @@ pub struct CpProcess {
     log_level: &'static str,
 }
 
+/// Whether process `pid` has a socket listening on 127.0.0.1:`port` (from `/proc`).
+fn listens(pid: u32, port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address, st (0A: LISTEN), inode
+            (f.len() > 9 && f[1] == want && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+}
+
 /// A port the OS just handed out; the control plane binds it right after.
 pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -61,8 +85,61 @@ impl CpProcess {
         let admin = dir.path().join("admin-cred");
         std::fs::create_dir_all(&admin).expect("mkdir");
         ca.write_files(&ca.svid(&id(ADMIN_PATH)), &admin);
-        let addr = free_port();
-        let admin_addr = free_port();
+        let mut cp = Self {
+            dir,
+            addr: free_port(),
+            admin_addr: free_port(),
+            child: None,
+            log_level,
+        };
+        // `free_port` releases the port before the process binds it, and another test may
+        // take it in between (a listener, or an outgoing connection's source port): then
+        // the process exits with "address in use", and it is started again on new ports.
+        for _ in 0..5 {
+            cp.write_config(extra, builtin_ca);
+            cp.spawn();
+            if !cp.lost_its_ports() {
+                break;
+            }
+            cp.addr = free_port();
+            cp.admin_addr = free_port();
+        }
+        cp
+    }
+
+    /// Waits until the process listens on both ports (at most 10 s: a store it waits for
+    /// may take longer, and the test's own waits cover that); whether it exited because
+    /// one of them was taken. Looks at the process's sockets instead of connecting, so
+    /// the control plane sees no probe connection.
+    fn lost_its_ports(&mut self) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                let lost = self.log().contains("in use");
+                if lost {
+                    self.child = None;
+                    let _ = std::fs::remove_file(self.dir.path().join("cp.log"));
+                }
+                return lost;
+            }
+            if let Some(pid) = self.pid()
+                && listens(pid, self.addr.port())
+                && listens(pid, self.admin_addr.port())
+            {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn write_config(&self, extra: &str, builtin_ca: bool) {
+        let (addr, admin_addr) = (self.addr, self.admin_addr);
+        let ident = self.dir.path().join("identity");
         let config = format!(
             r#"
 trust_domain = "{TD}"
@@ -80,20 +157,11 @@ enabled = {builtin_ca}
 listen = "{admin_addr}"
 {extra}
 "#,
-            data = dir.path().join("data").display(),
+            data = self.dir.path().join("data").display(),
             admin_id = id(ADMIN_PATH),
             ident = ident.display(),
         );
-        std::fs::write(dir.path().join("cp.toml"), config).expect("config");
-        let mut cp = Self {
-            dir,
-            addr,
-            admin_addr,
-            child: None,
-            log_level,
-        };
-        cp.spawn();
-        cp
+        std::fs::write(self.dir.path().join("cp.toml"), config).expect("config");
     }
 
     pub fn url(&self) -> String {
