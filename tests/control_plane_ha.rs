@@ -117,6 +117,38 @@ async fn wait_allowed(client: &warden_sidecar::Sidecar, what: &str) {
     }
 }
 
+/// The hop of these tests: /retriever (a static outbound sidecar, `client`) calls /vectordb,
+/// whose sidecar `b` watches its policy on one replica and forwards to an echo app.
+struct Hop {
+    b: warden_sidecar::Sidecar,
+    client: warden_sidecar::Sidecar,
+    _app: EchoApp,
+    _dir: tempfile::TempDir,
+}
+
+impl Hop {
+    async fn watching(ca: &Ca, replica: &CpProcess) -> Self {
+        let app = EchoApp::start().await;
+        let dir = tempfile::tempdir().expect("tmp");
+        let b = sidecar(
+            &watched_config(app.addr, &[replica.url()], dir.path()),
+            ca.identity(&id("/vectordb"), &[]),
+        )
+        .await;
+        let client = sidecar(
+            &outbound_config(b.inbound_addr("http").expect("b"), &id("/vectordb")),
+            ca.identity(&id("/retriever"), &[]),
+        )
+        .await;
+        Self {
+            b,
+            client,
+            _app: app,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_put_on_one_replica_is_read_and_enforced_through_another() {
     if !etcd::available_or_skip("a_put_on_one_replica_is_read_and_enforced_through_another") {
@@ -129,19 +161,9 @@ async fn a_put_on_one_replica_is_read_and_enforced_through_another() {
     let mut a1 = r1.admin().await;
     let mut a2 = r2.admin().await;
 
-    let app = EchoApp::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let b = sidecar(
-        &watched_config(app.addr, &[r2.url()], dir.path()),
-        ca.identity(&id("/vectordb"), &[]),
-    )
-    .await;
-    let client = sidecar(
-        &outbound_config(b.inbound_addr("http").expect("b"), &id("/vectordb")),
-        ca.identity(&id("/retriever"), &[]),
-    )
-    .await;
-    assert!(!allowed(&client).await, "allowed before any policy");
+    let hop = Hop::watching(&ca, &r2).await;
+    let (b, client) = (&hop.b, &hop.client);
+    assert!(!allowed(client).await, "allowed before any policy");
 
     let v1 = put(
         &mut a1,
@@ -160,7 +182,7 @@ async fn a_put_on_one_replica_is_read_and_enforced_through_another() {
         b.policy().version() == v1
     })
     .await;
-    wait_allowed(&client, "the put made on replica 1 is enforced").await;
+    wait_allowed(client, "the put made on replica 1 is enforced").await;
 
     // And back: a revocation written on replica 2, watched through replica 2, read on 1.
     let v2 = put(&mut a2, inbound_policy("/vectordb", &["/app"]), Some(v1))
@@ -171,7 +193,7 @@ async fn a_put_on_one_replica_is_read_and_enforced_through_another() {
         b.policy().version() == v2
     })
     .await;
-    assert!(!allowed(&client).await, "revoked peer still allowed");
+    assert!(!allowed(client).await, "revoked peer still allowed");
     assert_eq!(get_version(&mut a1, "/vectordb").await, Some(v2));
     assert_eq!(history_versions(&mut a1, "/vectordb").await, vec![v1, v2]);
 }
@@ -210,18 +232,8 @@ async fn a_quarantine_made_through_one_replica_is_enforced_through_another_and_k
     let mut a1 = r1.admin().await;
     let mut a2 = r2.admin().await;
 
-    let app = EchoApp::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let b = sidecar(
-        &watched_config(app.addr, &[r2.url()], dir.path()),
-        ca.identity(&id("/vectordb"), &[]),
-    )
-    .await;
-    let client = sidecar(
-        &outbound_config(b.inbound_addr("http").expect("b"), &id("/vectordb")),
-        ca.identity(&id("/retriever"), &[]),
-    )
-    .await;
+    let hop = Hop::watching(&ca, &r2).await;
+    let (b, client) = (&hop.b, &hop.client);
     let v1 = put(
         &mut a1,
         inbound_policy("/vectordb", &["/retriever"]),
@@ -229,7 +241,7 @@ async fn a_quarantine_made_through_one_replica_is_enforced_through_another_and_k
     )
     .await
     .expect("put");
-    wait_allowed(&client, "the retriever is allowed before the quarantine").await;
+    wait_allowed(client, "the retriever is allowed before the quarantine").await;
 
     // Quarantined through replica 1; the sidecar watches replica 2.
     let q = a1
@@ -249,7 +261,7 @@ async fn a_quarantine_made_through_one_replica_is_enforced_through_another_and_k
     )
     .await;
     assert!(
-        !allowed(&client).await,
+        !allowed(client).await,
         "a quarantined peer is still served through replica 2's sidecar"
     );
     assert_eq!(
@@ -285,7 +297,7 @@ async fn a_quarantine_made_through_one_replica_is_enforced_through_another_and_k
         .version;
     assert!(released > q);
     wait_allowed(
-        &client,
+        client,
         "the release made on replica 3 is enforced through replica 2",
     )
     .await;
@@ -492,18 +504,8 @@ async fn losing_etcd_members_one_changes_nothing_two_stop_writes_and_all_resumes
     let r1 = replica(&ca, &cluster, "/warden");
     let r2 = replica(&ca, &cluster, "/warden");
     let mut a1 = r1.admin().await;
-    let app = EchoApp::start().await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let b = sidecar(
-        &watched_config(app.addr, &[r2.url()], dir.path()),
-        ca.identity(&id("/vectordb"), &[]),
-    )
-    .await;
-    let client = sidecar(
-        &outbound_config(b.inbound_addr("http").expect("b"), &id("/vectordb")),
-        ca.identity(&id("/retriever"), &[]),
-    )
-    .await;
+    let hop = Hop::watching(&ca, &r2).await;
+    let (b, client) = (&hop.b, &hop.client);
     let v1 = put(&mut a1, inbound_policy("/vectordb", &["/app"]), None)
         .await
         .expect("put");
@@ -522,7 +524,7 @@ async fn losing_etcd_members_one_changes_nothing_two_stop_writes_and_all_resumes
         b.policy().version() == v2
     })
     .await;
-    wait_allowed(&client, "v2 enforced").await;
+    wait_allowed(client, "v2 enforced").await;
 
     // Two down: no quorum. Writes fail, naming the store; the sidecar keeps v2.
     cluster.kill(1);
@@ -547,7 +549,7 @@ async fn losing_etcd_members_one_changes_nothing_two_stop_writes_and_all_resumes
     eprintln!("write without quorum: {}", err.message());
     assert_eq!(b.policy().version(), v2);
     assert!(
-        allowed(&client).await,
+        allowed(client).await,
         "the last policy is no longer enforced"
     );
 
@@ -593,7 +595,7 @@ async fn losing_etcd_members_one_changes_nothing_two_stop_writes_and_all_resumes
         || b.policy().version() == v3,
     )
     .await;
-    assert!(!allowed(&client).await, "v3 not enforced");
+    assert!(!allowed(client).await, "v3 not enforced");
 }
 
 /// Runs `warden control-plane` with the `[store]` table `store` and returns its stderr once

@@ -145,12 +145,15 @@ fn status_text(status: &tonic::Status) -> String {
 }
 
 /// With TLS 1.3 a server refuses a client certificate only after the handshake has
-/// completed on the client's side: the first call then fails with a closed connection.
+/// completed on the client's side: the first call then fails with a closed connection,
+/// or, when the client was still writing it, a broken pipe or a reset.
 fn with_hint(detail: String) -> String {
     let refused = [
         "connection closed",
         "operation was canceled",
         "received fatal alert",
+        "broken pipe",
+        "connection reset",
     ];
     if refused.iter().any(|r| detail.contains(r)) {
         format!(

@@ -131,6 +131,17 @@ fn revision_of(header: Option<&rpc::ResponseHeader>) -> u64 {
     header.map_or(0, |h| h.revision.max(0) as u64)
 }
 
+/// The revision of a write guarded by a fresh history key (its failure branch reads the
+/// target key, then the history key): the transaction's when it succeeded, else that of
+/// its own history key when an earlier attempt, retried after a timeout, was applied.
+/// `None`: a compare failed for another reason (the target key's read says which).
+fn written_revision(resp: &rpc::TxnResponse) -> Option<u64> {
+    if resp.succeeded {
+        return Some(revision_of(resp.header.as_ref()));
+    }
+    range_kvs(resp, 1).map(|mine| mine.create_revision.max(0) as u64)
+}
+
 fn json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))
 }
@@ -372,13 +383,8 @@ impl PolicyStore for EtcdStore {
             failure: vec![get_op(&key), get_op(&history_key)],
         };
         let resp = self.txn(txn).await?;
-        if resp.succeeded {
-            policy.version = revision_of(resp.header.as_ref());
-            return Ok(policy);
-        }
-        if let Some(mine) = range_kvs(&resp, 1) {
-            // A retry after a timeout: the first attempt was applied.
-            policy.version = mine.create_revision.max(0) as u64;
+        if let Some(version) = written_revision(&resp) {
+            policy.version = version;
             return Ok(policy);
         }
         Err(StoreError::VersionConflict {
@@ -414,11 +420,8 @@ impl PolicyStore for EtcdStore {
             failure: vec![get_op(&key), get_op(&history_key)],
         };
         let resp = self.txn(txn).await?;
-        if resp.succeeded {
-            return Ok(revision_of(resp.header.as_ref()));
-        }
-        if let Some(mine) = range_kvs(&resp, 1) {
-            return Ok(mine.create_revision.max(0) as u64);
+        if let Some(revision) = written_revision(&resp) {
+            return Ok(revision);
         }
         match range_kvs(&resp, 0) {
             None => Err(StoreError::NotFound(id.to_string())),
@@ -530,12 +533,8 @@ impl PolicyStore for EtcdStore {
             failure: vec![get_op(&key), get_op(&history_key)],
         };
         let resp = self.txn(txn).await?;
-        if resp.succeeded {
-            return Ok(revision_of(resp.header.as_ref()));
-        }
-        if let Some(mine) = range_kvs(&resp, 1) {
-            // A retry after a timeout: the first attempt was applied.
-            return Ok(mine.create_revision.max(0) as u64);
+        if let Some(revision) = written_revision(&resp) {
+            return Ok(revision);
         }
         match range_kvs(&resp, 0) {
             // Already in quarantine: nothing written, its revision returned.
