@@ -142,6 +142,7 @@ impl Sidecar {
                     .collect(),
                 jwt_issuers: config.jwt.iter().map(|j| j.name.clone()).collect(),
             },
+            policy_writer: std::sync::Mutex::new(()),
         });
         let worker_count = config.limits.worker_threads();
         let mut groups = Vec::new();

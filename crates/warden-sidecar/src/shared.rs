@@ -29,6 +29,9 @@ pub(crate) struct Shared {
     pub per_peer: Arc<PeerCounts<SpiffeId>>,
     /// What L7 routes of a policy may name here.
     pub l7: L7Targets,
+    /// Held while a policy is put in force, so a conditional update
+    /// ([`Shared::apply_cached_policy`]) decides on the policy it replaces.
+    pub policy_writer: std::sync::Mutex<()>,
 }
 
 /// The inbound `http` listeners and `[[jwt]]` issuers of this sidecar: a policy whose
@@ -72,6 +75,28 @@ pub(crate) struct Permits {
 
 impl Shared {
     pub(crate) fn apply_policy(&self, policy: PolicySnapshot, outcome: PolicyOutcome) -> usize {
+        let _writer = self.lock_writer();
+        self.put_in_force(policy, outcome)
+    }
+
+    /// Puts a cached policy in force unless the control plane's is already: a snapshot that
+    /// arrived while the cache was read must not be replaced by the (older) cache. Whether
+    /// it was applied.
+    pub(crate) fn apply_cached_policy(&self, policy: PolicySnapshot) -> bool {
+        let _writer = self.lock_writer();
+        if self.policy.load().source() == warden_policy::PolicySource::ControlPlane {
+            return false;
+        }
+        self.put_in_force(policy, PolicyOutcome::Applied);
+        true
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Nothing is left half done by a panic under it (a unit).
+        self.policy_writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn put_in_force(&self, policy: PolicySnapshot, outcome: PolicyOutcome) -> usize {
         let (policy, outcome) = match self.l7.check(&policy) {
             Ok(()) => (policy, outcome),
             Err(why) => {

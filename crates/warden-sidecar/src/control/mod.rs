@@ -100,8 +100,10 @@ pub(crate) fn enforce_cache(shared: &Shared, path: &Path, me: &SpiffeId) {
     match load_cache(path, me) {
         CacheLoad::Missing => {}
         CacheLoad::Usable(cached) => {
-            tracing::info!(path = %path.display(), version = cached.version(), "enforcing the cached policy until the control plane answers");
-            shared.apply_policy(*cached, PolicyOutcome::Applied);
+            let version = cached.version();
+            if shared.apply_cached_policy(*cached) {
+                tracing::info!(path = %path.display(), version, "enforcing the cached policy until the control plane answers");
+            }
         }
         CacheLoad::Foreign { written_for } => {
             let why = format!(
