@@ -1108,6 +1108,71 @@ async fn partial_messages_on_many_watches_are_held_to_the_callers_share() {
     }
 }
 
+/// The same on the Workload API, where a caller is a local process known by its uid: 128
+/// FetchX509SVID calls on one connection, each announcing a 64 KiB request and sending one
+/// byte less. The caller's share (`max_message_bytes_per_peer`, here 4 MiB: 64 such
+/// messages) is held; the other calls end RESOURCE_EXHAUSTED, and honest callers (other
+/// uids, or this one within its share) are served during and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_messages_on_the_workload_api_are_held_to_the_callers_share() {
+    const CALLS: u32 = 128;
+    const SHARE: usize = 4 * 1024 * 1024;
+    const LIMIT: usize = 64 * 1024;
+    let mesh = Mesh::start(&format!("[limits]\nmax_message_bytes_per_peer = {SHARE}\n")).await;
+    let mut h2 = mesh.workload_api_h2().await;
+    let mut body = message_prefix(LIMIT as u32);
+    body.resize(5 + LIMIT - 1, 0x0a);
+    let streams: Vec<u32> = (0..CALLS).map(|i| 1 + 2 * i).collect();
+    let sent = mesh
+        .under_attack("partial messages on 128 Workload API calls", async {
+            let block = grpc_request(
+                FETCH_X509,
+                field(0, ":authority", b"localhost"),
+                &[("workload.spiffe.io", b"true")],
+            );
+            let mut out = Vec::new();
+            for &stream in &streams {
+                out.extend(frame(HEADERS, END_HEADERS, stream, &block));
+            }
+            within("send", ANSWER, h2.send(&out)).await.expect("send");
+            let bodies: Vec<(u32, &[u8])> = streams.iter().map(|&s| (s, &body[..])).collect();
+            let mut sent = h2.send_bodies(&bodies, false, DEADLINE, |_| true).await;
+            assert!(
+                h2.ping(&mut sent, ANSWER).await,
+                "the server read every frame"
+            );
+            let over = streams.len() - SHARE / LIMIT;
+            h2.read_into(&mut sent, ANSWER, |s| {
+                streams.iter().filter(|id| s.ended.contains(id)).count() >= over
+            })
+            .await;
+            sent
+        })
+        .await;
+    let ended: Vec<_> = streams
+        .iter()
+        .filter(|id| sent.ended.contains(id))
+        .collect();
+    let exhausted = ended
+        .iter()
+        .filter(|id| sent.status.get(id).map(String::as_str) == Some("8"))
+        .count();
+    let held = streams.len() - ended.len();
+    let grown = mesh.cp.rss_kib().saturating_sub(mesh.rss_before);
+    eprintln!(
+        "Workload API partial messages: {held} of {CALLS} held, {exhausted} calls ended RESOURCE_EXHAUSTED; RSS +{grown} KiB"
+    );
+    assert_eq!(held, SHARE / LIMIT, "{sent:?}");
+    assert_eq!(exhausted, ended.len(), "{sent:?}");
+    assert!(
+        grown < (SHARE as u64 + u64::from(CALLS) * 64 * 1024) / 1024,
+        "RSS grew by {grown} KiB"
+    );
+    mesh.assert_serving("with a local caller's share of partial messages held")
+        .await;
+    mesh.assert_bounded("partial messages on 128 Workload API calls");
+}
+
 // ---------------------------------------------------------------------------------------
 // Idle connections, per-caller caps, HTTP/2 limits.
 

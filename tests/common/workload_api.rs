@@ -100,7 +100,10 @@ pub async fn serve_with_idle_timeout(
         Arc::new(jwt),
         registrations,
         ttl,
-        idle,
+        &warden_control::ControlLimits {
+            idle_timeout: idle,
+            ..Default::default()
+        },
         std::future::pending(),
     )
     .await

@@ -113,7 +113,7 @@ impl ControlPlane {
                     Arc::new(jwt),
                     config.workload_api.clone(),
                     config.ca.svid_ttl,
-                    config.limits.idle_timeout,
+                    &config.limits,
                     std::future::pending(),
                 )
                 .await

@@ -44,7 +44,7 @@ use warden_proto::workload::{
 
 use crate::ca::{BuiltinCa, CaError, IssuedSvid, JwtAuthority, TrustBundles};
 use crate::config::WorkloadRegistration;
-use crate::grpc_limits::{ConnInfo, GuardLayer, IdleClose, LogBudget, MethodLimits};
+use crate::grpc_limits::{ConnInfo, GuardLayer, IdleClose, LogBudget, MessageShares, MethodLimits};
 use crate::h2_authority::AuthorityFix;
 
 mod jwt;
@@ -164,9 +164,13 @@ pub async fn serve_workload_api(
     jwt: Arc<JwtAuthority>,
     registrations: Vec<WorkloadRegistration>,
     svid_ttl: Duration,
-    idle_timeout: Duration,
+    limits: &crate::config::ControlLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<WorkloadApiHandle, WorkloadApiError> {
+    let idle_timeout = limits.idle_timeout;
+    // One share per caller uid over every socket: a local process cannot make the control
+    // plane hold more than `limits.max_message_bytes_per_peer` of partial messages.
+    let shares = MessageShares::new(limits.max_message_bytes_per_peer);
     let mut by_socket: Vec<(PathBuf, Vec<Entry>)> = Vec::new();
     for r in registrations {
         let entry = Entry {
@@ -186,6 +190,7 @@ pub async fn serve_workload_api(
         sockets: Vec::new(),
     };
     for (path, entries) in by_socket {
+        let shares = shares.clone();
         let svids = issue_all(&ca, &entries, svid_ttl).await?;
         let state = Arc::new(SocketState {
             path: path.clone(),
@@ -223,7 +228,8 @@ pub async fn serve_workload_api(
             let guard = GuardLayer::new(
                 Arc::new(|_: &str, _: &UdsConnectInfo| Ok(None)),
                 MethodLimits::new(MAX_REQUEST_MESSAGE, &[]),
-            );
+            )
+            .with_message_shares(shares, caller_uid);
             let served = crate::grpc_limits::server_builder()
                 .layer(guard)
                 .serve_with_incoming_shutdown(
@@ -244,6 +250,14 @@ pub async fn serve_workload_api(
         let _ = stop.send(true);
     });
     Ok(handle)
+}
+
+/// A Workload API caller as its byte share knows it: its uid, which the kernel vouches for.
+fn caller_uid(info: &UdsConnectInfo) -> String {
+    match info.peer_cred.map(|cred| cred.uid()) {
+        Some(uid) => format!("uid {uid}"),
+        None => "uid unknown".to_owned(),
+    }
 }
 
 async fn issue_all(
