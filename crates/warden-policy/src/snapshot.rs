@@ -223,6 +223,25 @@ impl DirectionRules {
     }
 }
 
+/// Per listener, the issuers its routes name, sorted, each once.
+fn issuers_by_listener(routes: &[crate::Route]) -> HashMap<String, std::sync::Arc<[String]>> {
+    let mut by: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for route in routes {
+        if let Some(users) = &route.users {
+            by.entry(route.listener.as_str())
+                .or_default()
+                .push(users.jwt.clone());
+        }
+    }
+    by.into_iter()
+        .map(|(listener, mut names)| {
+            names.sort();
+            names.dedup();
+            (listener.to_owned(), std::sync::Arc::from(names))
+        })
+        .collect()
+}
+
 /// An immutable, compiled policy for the sidecar's own workload. Cheap to share behind an
 /// `Arc`; a policy change builds a new snapshot rather than mutating this one.
 pub struct PolicySnapshot {
@@ -236,6 +255,9 @@ pub struct PolicySnapshot {
     outbound: DirectionRules,
     /// L7 rules, in policy order.
     routes: Vec<crate::Route>,
+    /// Per listener, the `[[jwt]]` issuers its routes name (sorted, once each): what a
+    /// request's token is checked against before the decision.
+    route_issuers: HashMap<String, std::sync::Arc<[String]>>,
     mode: Mode,
     /// SPIFFE IDs in quarantine (pushed by the control plane): refused inbound.
     quarantine: HashSet<Box<str>>,
@@ -257,6 +279,7 @@ impl PolicySnapshot {
             inbound: DirectionRules::default(),
             outbound: DirectionRules::default(),
             routes: Vec::new(),
+            route_issuers: HashMap::new(),
             mode: Mode::Enforce,
             quarantine: HashSet::new(),
             self_quarantined: false,
@@ -282,6 +305,7 @@ impl PolicySnapshot {
             inbound: DirectionRules::compile(policy.inbound.clone()),
             outbound: DirectionRules::compile(policy.outbound.clone()),
             routes: policy.routes.clone(),
+            route_issuers: issuers_by_listener(&policy.routes),
             mode: policy.mode,
             quarantine: HashSet::new(),
             self_quarantined: false,
@@ -430,6 +454,15 @@ impl PolicySnapshot {
     }
 
     /// The L7 rules, in policy order.
+    /// The `[[jwt]]` issuers the routes of `listener` name, sorted, each once (empty: the
+    /// listener's routes ask for no end user).
+    pub fn route_issuers(&self, listener: &str) -> std::sync::Arc<[String]> {
+        self.route_issuers
+            .get(listener)
+            .cloned()
+            .unwrap_or_else(|| std::sync::Arc::from(Vec::new()))
+    }
+
     pub fn routes(&self) -> &[crate::Route] {
         &self.routes
     }

@@ -540,3 +540,33 @@ path_prefix = "/public/"
         (true, true, crate::RequestReason::NoMatch)
     );
 }
+
+#[test]
+fn route_issuers_are_compiled_per_listener_sorted_and_once_each() {
+    let route = |listener: &str, path: &str, jwt: Option<&str>| crate::Route {
+        listener: listener.into(),
+        path_prefix: path.into(),
+        methods: Vec::new(),
+        peers: Vec::new(),
+        users: jwt.map(|j| crate::UserRequirement {
+            jwt: j.into(),
+            claims: BTreeMap::new(),
+        }),
+    };
+    let mut p = policy(&[("http", &[RETRIEVER]), ("api", &[RETRIEVER])], &[]);
+    p.routes = vec![
+        route("http", "/finance/", Some("okta")),
+        route("http", "/hr/", Some("corp")),
+        route("http", "/public/", None),
+        route("http", "/finance/reports/", Some("okta")),
+        route("api", "/", None),
+    ];
+    let snap = PolicySnapshot::compile(Some(&p), PolicySource::ControlPlane);
+    assert_eq!(&*snap.route_issuers("http"), ["corp", "okta"]);
+    assert!(
+        snap.route_issuers("api").is_empty(),
+        "no route asks for a user"
+    );
+    assert!(snap.route_issuers("none").is_empty());
+    assert!(PolicySnapshot::deny_all().route_issuers("http").is_empty());
+}

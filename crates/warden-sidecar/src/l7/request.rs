@@ -63,26 +63,16 @@ pub(crate) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Bo
     // wait for the refetch instead of being refused once.
     let mut checked: Verdicts = Vec::new();
     if let Ok(token) = token {
-        let issuers: Vec<String> = {
-            let policy = ctx.shared.policy.load();
-            let mut names: Vec<String> = policy
-                .routes()
-                .iter()
-                .filter(|r| *r.listener == *ctx.listener)
-                .filter_map(|r| r.users.as_ref().map(|u| u.jwt.clone()))
-                .collect();
-            names.sort();
-            names.dedup();
-            names
-        };
-        for issuer in issuers {
+        // Compiled with the policy; held past the policy's guard (the checks may wait).
+        let issuers = ctx.shared.policy.load().route_issuers(&ctx.listener);
+        for issuer in issuers.iter() {
             let verdict = ctx
                 .settings
                 .tokens
-                .validate_fresh(&issuer, token)
+                .validate_fresh(issuer, token)
                 .await
                 .map_err(|e| e.as_label());
-            checked.push((issuer, verdict));
+            checked.push((issuer.clone(), verdict));
         }
     }
     let policy = ctx.shared.policy.load();
