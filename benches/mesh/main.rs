@@ -13,7 +13,8 @@
 //! `cargo bench --bench mesh` (full, writes BENCHMARKS.md), `cargo bench --bench mesh --
 //! --quick` (smoke run, prints only). Other flags: `--no-envoy`, `--rounds N`, `--idle N`,
 //! `--warden PATH` (a prebuilt binary instead of this build's), `--write` / `--no-write`,
-//! `--only bulk` (readiness, then the upload and full-duplex cases only; never writes).
+//! `--only bulk` (readiness, then the upload and full-duplex cases only; never writes),
+//! `--only latency` (readiness, then the fixed-rate cases only; never writes).
 
 #[path = "../../tests/common/pki.rs"]
 #[allow(dead_code)]
@@ -42,6 +43,13 @@ const KX_GROUP: &str = "X25519";
 /// Persistent connections the fixed-rate load is spread over.
 const LATENCY_CONNS: usize = 16;
 
+/// The phases `--only` keeps.
+#[derive(Clone, Copy)]
+enum Only {
+    Bulk,
+    Latency,
+}
+
 struct Options {
     quick: bool,
     rounds: usize,
@@ -57,8 +65,8 @@ struct Options {
     /// Experiments only: Warden's worker threads / Envoy's `--concurrency` (default: cores).
     warden_workers: Option<usize>,
     envoy_concurrency: Option<usize>,
-    /// `--only bulk`: the bulk and full-duplex phases only (for profiling and before/after).
-    only_bulk: bool,
+    /// `--only bulk` / `--only latency`: those phases only (for profiling and before/after).
+    only: Option<Only>,
 }
 
 fn options() -> Options {
@@ -93,7 +101,11 @@ fn options() -> Options {
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_warden"))),
         warden_workers: value("--warden-workers").and_then(|v| v.parse().ok()),
         envoy_concurrency: value("--envoy-concurrency").and_then(|v| v.parse().ok()),
-        only_bulk: value("--only").as_deref() == Some("bulk"),
+        only: match value("--only").as_deref() {
+            Some("bulk") => Some(Only::Bulk),
+            Some("latency") => Some(Only::Latency),
+            _ => None,
+        },
     }
 }
 
@@ -342,13 +354,14 @@ fn phases(opts: &Options) -> Vec<Phase> {
         Phase::Duplex(1),
         Phase::Duplex(8),
     ];
-    if opts.only_bulk {
-        let mut v = vec![Phase::Ready];
-        v.extend(bulk);
-        return v;
+    let rates = opts.rates.iter().map(|&r| Phase::Latency(r));
+    match opts.only {
+        Some(Only::Bulk) => return std::iter::once(Phase::Ready).chain(bulk).collect(),
+        Some(Only::Latency) => return std::iter::once(Phase::Ready).chain(rates).collect(),
+        None => {}
     }
     let mut v = vec![Phase::Memory];
-    v.extend(opts.rates.iter().map(|&r| Phase::Latency(r)));
+    v.extend(rates);
     v.extend(bulk);
     v.push(Phase::Connections);
     v
@@ -369,7 +382,7 @@ fn run_phase(
     let entry = t.entry;
     let pids = t.pids();
     let proxied = !pids.is_empty();
-    let cpu = || sys::cpu_seconds(&pids, ticks);
+    let cpu = || sys::cpu_split(&pids, ticks);
     match phase {
         Phase::Ready => {
             if let Err(e) = rt.block_on(load::wait_ready(entry, Duration::from_secs(30))) {
@@ -423,7 +436,10 @@ fn run_phase(
                     p999_us: us(0.999),
                     achieved_rps: run.achieved_rps,
                     lost: run.sent.saturating_sub(run.received),
-                    cpu_per_100k: proxied.then(|| (c1 - c0) / run.sent as f64 * 100_000.0),
+                    cpu_per_100k: proxied
+                        .then(|| c1.since(c0).total() / run.sent as f64 * 100_000.0),
+                    user_cpu_per_100k: proxied
+                        .then(|| c1.since(c0).user / run.sent as f64 * 100_000.0),
                 },
             );
         }
@@ -436,8 +452,9 @@ fn run_phase(
                 s.bulk1 = Some(bytes_per_sec);
                 // The CPU window includes the warm-up: scale bytes to the whole window.
                 let secs = (opts.warmup + opts.bulk).as_secs_f64();
-                s.bulk1_cpu_per_gib = proxied
-                    .then(|| (c1 - c0) / (bytes_per_sec * secs / (1024.0 * 1024.0 * 1024.0)));
+                s.bulk1_cpu_per_gib = proxied.then(|| {
+                    c1.since(c0).total() / (bytes_per_sec * secs / (1024.0 * 1024.0 * 1024.0))
+                });
             } else {
                 s.bulk8 = Some(bytes_per_sec);
             }
@@ -453,8 +470,9 @@ fn run_phase(
                 s.duplex1 = Some(bytes_per_sec);
                 // Both directions moved `bytes_per_sec`; the window includes the warm-up.
                 let secs = (opts.warmup + opts.bulk).as_secs_f64();
-                s.duplex1_cpu_per_gib = proxied
-                    .then(|| (c1 - c0) / (2.0 * bytes_per_sec * secs / (1024.0 * 1024.0 * 1024.0)));
+                let gib = 2.0 * bytes_per_sec * secs / (1024.0 * 1024.0 * 1024.0);
+                s.duplex1_cpu_per_gib = proxied.then(|| c1.since(c0).total() / gib);
+                s.duplex1_user_cpu_per_gib = proxied.then(|| c1.since(c0).user / gib);
             } else {
                 s.duplex8 = Some(bytes_per_sec);
             }
@@ -468,7 +486,7 @@ fn run_phase(
             s.conn_failed = conns.failed;
             s.conn_p99_us = Some(conns.hist.value_at_quantile(0.99) as f64 / 1_000.0);
             s.conn_cpu_per_1k =
-                (proxied && conns.ok > 0).then(|| (c1 - c0) / conns.ok as f64 * 1_000.0);
+                (proxied && conns.ok > 0).then(|| c1.since(c0).total() / conns.ok as f64 * 1_000.0);
         }
     }
     t.check_alive()

@@ -18,6 +18,8 @@ pub struct Latency {
     pub lost: u64,
     /// Proxies' CPU seconds per 100,000 requests.
     pub cpu_per_100k: Option<f64>,
+    /// The user-space part of `cpu_per_100k` (the rest is the kernel's).
+    pub user_cpu_per_100k: Option<f64>,
 }
 
 /// Everything measured on one instance of one topology (one round).
@@ -37,6 +39,8 @@ pub struct Sample {
     pub duplex8: Option<f64>,
     /// Proxies' CPU seconds per GiB moved (both directions counted), 1 connection.
     pub duplex1_cpu_per_gib: Option<f64>,
+    /// The user-space part of `duplex1_cpu_per_gib` (the rest is the kernel's).
+    pub duplex1_user_cpu_per_gib: Option<f64>,
     pub conns_per_sec: Option<f64>,
     pub conn_p99_us: Option<f64>,
     pub conn_failed: u64,
@@ -227,6 +231,9 @@ impl Run {
             self.row(w, &format!("proxy CPU s / 100k req @ {r}"), 3, move |s| {
                 lat(s).and_then(|l| l.cpu_per_100k)
             });
+            self.row(w, &format!("of which user space @ {r}"), 3, move |s| {
+                lat(s).and_then(|l| l.user_cpu_per_100k)
+            });
             self.row(w, &format!("achieved rate @ {r} (rps)"), 0, move |s| {
                 lat(s).map(|l| l.achieved_rps)
             });
@@ -244,6 +251,9 @@ impl Run {
         });
         self.row(w, "proxy CPU s / GiB, full duplex 1 connection", 2, |s| {
             s.duplex1_cpu_per_gib
+        });
+        self.row(w, "of which user space, full duplex 1 connection", 2, |s| {
+            s.duplex1_user_cpu_per_gib
         });
         self.row(w, "new mTLS connections/s (1 req each)", 0, |s| {
             s.conns_per_sec
