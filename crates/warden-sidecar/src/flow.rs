@@ -7,7 +7,9 @@
 //!    decision, static rules included;
 //! 5. connect the other side, with its timeout ([`connect`]);
 //! 6. relay until either side ends ([`open`], then `relay::relay`), then report the close
-//!    ([`report_close`]).
+//!    ([`report_close`]) and leave the registry ([`leave`]) while the sockets are still
+//!    open: whoever sees the connection close can already read its metric, its audit record
+//!    and the connection list without it.
 //!
 //! `inbound.rs` and `outbound.rs` are these steps in each direction's order (inbound
 //! handshakes first, outbound decides first so a denied call costs the upstream nothing).
@@ -140,6 +142,12 @@ pub(crate) fn open(
         registration.stats.clone(),
         conn.shared.telemetry.open(conn.labels),
     )
+}
+
+/// Takes an ended connection off the registry (the admin list, policy re-checks). Called
+/// before its sockets are dropped, so that the close a peer sees comes after it.
+pub(crate) fn leave(registration: Registration) {
+    drop(registration);
 }
 
 /// Reports the end of a relayed connection, with why and its bytes.

@@ -164,13 +164,16 @@ pub(crate) async fn serve(
         }
     }
     let (stats, meters) = flow::open(&conn, &registration);
+    let mut peer_side = meters.meter(tls);
     let reason = crate::relay::relay(
-        meters.meter(tls),
-        app,
+        &mut peer_side,
+        &mut app,
         stats.clone(),
         limits.idle_timeout,
         &mut registration.closed,
     )
     .await;
     flow::report_close(&conn, reason, &stats);
+    flow::leave(registration);
+    // The sockets close only now, after the close is counted, audited and off the list.
 }

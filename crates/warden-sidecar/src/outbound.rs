@@ -42,7 +42,7 @@ pub(crate) struct Upstream {
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: Arc<OutboundListener>,
-    app: TcpStream,
+    mut app: TcpStream,
     app_addr: SocketAddr,
     _permits: crate::shared::Permits,
     upstream: Upstream,
@@ -106,13 +106,16 @@ pub(crate) async fn serve(
     shared.telemetry.handshake_ok(&labels, started);
     let mut registration = registration;
     let (stats, meters) = flow::open(&conn, &registration);
+    let mut peer_side = meters.meter(tls);
     let reason = crate::relay::relay(
-        meters.meter(tls),
-        app,
+        &mut peer_side,
+        &mut app,
         stats.clone(),
         limits.idle_timeout,
         &mut registration.closed,
     )
     .await;
     flow::report_close(&conn, reason, &stats);
+    flow::leave(registration);
+    // The sockets close only now, after the close is counted, audited and off the list.
 }
