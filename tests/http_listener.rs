@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, mpsc};
 
 use common::pki::Ca;
-use common::{TD, id, wait_until};
+use common::{TD, id, injected_identity, wait_until};
 use warden_jwt::mint::Es256Signer;
 use warden_policy::{PolicySnapshot, PolicySource};
 
@@ -222,12 +222,7 @@ impl Stack {
         let audit = dir.path().join("audit.jsonl");
         let toml = format!(
             r#"
-trust_domain = "{TD}"
-[identity]
-source = "files"
-cert = "unused"
-key = "unused"
-bundle = "unused"
+{identity}
 [[inbound]]
 name = "docs"
 listen = "127.0.0.1:0"
@@ -245,6 +240,7 @@ jwks_file = "{jwks}"
 path = "{audit}"
 {extra}
 "#,
+            identity = injected_identity(),
             app = app.addr,
             peer = id("/ns/rag/sa/app"),
             jwks = jwks.display(),

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use common::pki::Ca;
-use common::{TD, id};
+use common::{TD, id, injected_identity};
 
 const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
@@ -63,12 +63,7 @@ async fn the_app_learns_the_peer_spiffe_id_from_a_proxy_v2_header() {
     let app_addr = app.local_addr().expect("addr");
     let toml = format!(
         r#"
-trust_domain = "{TD}"
-[identity]
-source = "files"
-cert = "unused"
-key = "unused"
-bundle = "unused"
+{identity}
 [[inbound]]
 name = "db"
 listen = "127.0.0.1:0"
@@ -77,6 +72,7 @@ allow = ["{peer}"]
 proxy_protocol = "v2"
 proxy_protocol_tlv = 0xE7
 "#,
+        identity = injected_identity(),
         peer = id("/ns/rag/sa/retriever")
     );
     let sidecar = common::sidecar(&toml, ca.identity(&id("/ns/rag/sa/vectordb"), &[])).await;

@@ -13,7 +13,7 @@ use warden_proto::control::v1 as pb;
 use warden_proto::control::v1::policy_service_client::PolicyServiceClient;
 
 use super::pki::Ca;
-use super::{TD, id};
+use super::{TD, id, injected_identity};
 
 pub const CP_PATH: &str = "/warden/control-plane";
 pub const ADMIN_PATH: &str = "/warden/admin";
@@ -308,12 +308,7 @@ pub async fn put(
 pub fn watched_inbound_config(forward: SocketAddr, url: &str, cache: &Path) -> String {
     format!(
         r#"
-trust_domain = "{TD}"
-[identity]
-source = "files"
-cert = "unused"
-key = "unused"
-bundle = "unused"
+{identity}
 [policy]
 control_plane = "{url}"
 cache = "{cache}"
@@ -322,6 +317,7 @@ name = "http"
 listen = "127.0.0.1:0"
 forward = "{forward}"
 "#,
+        identity = injected_identity(),
         cache = cache.display()
     )
 }

@@ -114,24 +114,34 @@ pub async fn sidecar_with_source(toml: &str, source: Box<dyn SvidSource>) -> Sid
     sidecar
 }
 
+/// The first lines of every in-process sidecar's config: the trust domain and an
+/// `[identity]` whose paths are never read, because the test hands `Sidecar::start` its own
+/// SVID source.
+pub fn injected_identity() -> String {
+    format!(
+        r#"trust_domain = "{TD}"
+[identity]
+source = "files"
+cert = "unused"
+key = "unused"
+bundle = "unused""#
+    )
+}
+
 /// Config of a sidecar with one inbound listener `http` forwarding to `forward`.
 pub fn inbound_config(forward: SocketAddr, allow: &[String]) -> String {
     let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
     format!(
         r#"
-trust_domain = "{TD}"
-[identity]
-source = "files"
-cert = "unused"
-key = "unused"
-bundle = "unused"
+{identity}
 [[inbound]]
 name = "http"
 listen = "127.0.0.1:0"
 forward = "{forward}"
 allow = [{}]
 "#,
-        allow.join(", ")
+        allow.join(", "),
+        identity = injected_identity(),
     )
 }
 
@@ -139,18 +149,14 @@ allow = [{}]
 pub fn outbound_config(connect: SocketAddr, server_id: &str) -> String {
     format!(
         r#"
-trust_domain = "{TD}"
-[identity]
-source = "files"
-cert = "unused"
-key = "unused"
-bundle = "unused"
+{identity}
 [[outbound]]
 name = "svc"
 listen = "127.0.0.1:0"
 connect = "{connect}"
 server_id = "{server_id}"
-"#
+"#,
+        identity = injected_identity(),
     )
 }
 

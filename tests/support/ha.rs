@@ -34,12 +34,7 @@ pub fn watched_config(forward: std::net::SocketAddr, urls: &[String], dir: &Path
         .join(", ");
     format!(
         r#"
-trust_domain = "{TD}"
-[identity]
-source = "files"
-cert = "unused"
-key = "unused"
-bundle = "unused"
+{identity}
 [policy]
 control_plane = [{list}]
 cache = "{cache}"
@@ -50,6 +45,7 @@ name = "http"
 listen = "127.0.0.1:0"
 forward = "{forward}"
 "#,
+        identity = injected_identity(),
         cache = dir.join("policy.json").display(),
         audit = dir.join("audit.jsonl").display(),
     )
