@@ -19,7 +19,7 @@ mod harden;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::control::*;
@@ -384,7 +384,9 @@ async fn outbound_sends_nothing_to_an_upstream_whose_svid_a_non_signing_intermed
 }
 
 /// A policy API client presenting `svid` as is (no local validation of its own chain, as
-/// an attacker's client would not do any), trusting any server.
+/// an attacker's client would not do any), trusting any server. It dials once: tonic's
+/// channel reconnects after the server drops the connection, and a second handshake would
+/// make the count of refused handshakes depend on timing.
 async fn forged_client(
     addr: SocketAddr,
     svid: &Svid,
@@ -395,9 +397,14 @@ async fn forged_client(
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .connect_timeout(Duration::from_secs(5));
+    let dialled = Arc::new(AtomicBool::new(false));
     let service = tower::service_fn(move |_uri| {
         let connector = connector.clone();
+        let first = !dialled.swap(true, Ordering::SeqCst);
         async move {
+            if !first {
+                return Err(std::io::Error::other("the forged client dials only once"));
+            }
             let tcp = tokio::net::TcpStream::connect(addr).await?;
             let name = rustls::pki_types::ServerName::try_from("cp.invalid").expect("name");
             let tls = connector.connect(name, tcp).await?;
