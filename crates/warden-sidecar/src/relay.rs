@@ -309,6 +309,36 @@ mod tests {
         assert_eq!(reason, CloseReason::Idle);
     }
 
+    #[tokio::test]
+    async fn a_trickle_keeps_the_connection_and_silence_closes_it_no_sooner_than_the_timeout() {
+        let (mut peer_far, peer_near) = duplex(1024);
+        let (local_near, mut local_far) = duplex(1024);
+        let idle = Duration::from_secs(1);
+        let stats = Arc::new(ConnStats::default());
+        let (_tx, mut rx) = oneshot::channel();
+        let task =
+            tokio::spawn(async move { relay(peer_near, local_near, stats, idle, &mut rx).await });
+        // A byte every fifth of the timeout, for three timeouts: never idle that long.
+        let mut byte = [0u8; 1];
+        let mut last_byte = Instant::now();
+        for _ in 0..15 {
+            tokio::time::sleep(idle / 5).await;
+            last_byte = Instant::now();
+            peer_far.write_all(b"x").await.expect("write");
+            local_far.read_exact(&mut byte).await.expect("relayed");
+            assert!(!task.is_finished(), "closed while bytes were moving");
+        }
+        let reason = tokio::time::timeout(idle * 10, task)
+            .await
+            .expect("silence never closed the connection")
+            .expect("relay");
+        assert_eq!(reason, CloseReason::Idle);
+        assert!(
+            last_byte.elapsed() >= idle,
+            "closed before the idle timeout"
+        );
+    }
+
     #[test]
     fn buffers_start_empty_and_grow_only_when_a_read_fills_them() {
         let mut h = Half::new();
