@@ -37,6 +37,7 @@ pub struct ControlMetrics {
     policy_writes: Mutex<BTreeMap<Labels2, u64>>,
     svids_issued: Mutex<BTreeMap<&'static str, u64>>,
     workload_api_calls: Mutex<BTreeMap<&'static str, u64>>,
+    workload_api_refusals: Mutex<BTreeMap<&'static str, u64>>,
     api_handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     watchers: AtomicI64,
 }
@@ -82,6 +83,11 @@ impl ControlMetrics {
     /// A Workload API call (its gRPC method name).
     pub fn workload_api_call(&self, method: &'static str) {
         *lock(&self.workload_api_calls).entry(method).or_insert(0) += 1;
+    }
+
+    /// A Workload API connection or call refused over its caller uid's share (`limit`).
+    pub fn workload_api_refused(&self, limit: &'static str) {
+        *lock(&self.workload_api_refusals).entry(limit).or_insert(0) += 1;
     }
 
     /// A policy API connection refused at its mTLS handshake, by the same `result` labels
@@ -150,6 +156,25 @@ impl ControlMetrics {
                 out,
                 "warden_control_workload_api_calls_total{{method=\"{method}\"}} {n}"
             );
+        }
+        counter(
+            &mut out,
+            "warden_control_workload_api_refusals",
+            "Workload API connections and calls refused over their caller uid's share, by limit",
+        );
+        {
+            let refusals = lock(&self.workload_api_refusals);
+            // Both limits, at 0 until one is reached.
+            for limit in [
+                "limits.max_connections_per_peer",
+                "limits.max_streams_per_peer",
+            ] {
+                let n = refusals.get(limit).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "warden_control_workload_api_refusals_total{{limit=\"{limit}\"}} {n}"
+                );
+            }
         }
         counter(
             &mut out,

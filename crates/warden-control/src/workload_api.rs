@@ -45,9 +45,11 @@ use warden_proto::workload::{
 use crate::ca::{BuiltinCa, CaError, IssuedSvid, JwtAuthority, TrustBundles};
 use crate::config::WorkloadRegistration;
 use crate::grpc_limits::{ConnInfo, GuardLayer, IdleClose, LogBudget, MessageShares, MethodLimits};
-use crate::h2_authority::AuthorityFix;
 
 mod jwt;
+mod uid_shares;
+
+use uid_shares::{Uid, UidConn, UidShares};
 
 /// The largest request message: every Workload API request is a handful of short strings.
 const MAX_REQUEST_MESSAGE: usize = 64 * 1024;
@@ -171,6 +173,8 @@ pub async fn serve_workload_api(
     // One share per caller uid over every socket: a local process cannot make the control
     // plane hold more than `limits.max_message_bytes_per_peer` of partial messages.
     let shares = MessageShares::new(limits.max_message_bytes_per_peer);
+    // And one share of connections and of calls in flight per caller uid (`uid_shares.rs`).
+    let uid_shares = UidShares::new(limits.max_connections_per_peer, limits.max_streams_per_peer);
     let mut by_socket: Vec<(PathBuf, Vec<Entry>)> = Vec::new();
     for r in registrations {
         let entry = Entry {
@@ -191,6 +195,7 @@ pub async fn serve_workload_api(
     };
     for (path, entries) in by_socket {
         let shares = shares.clone();
+        let uid_shares = uid_shares.clone();
         let svids = issue_all(&ca, &entries, svid_ttl).await?;
         let state = Arc::new(SocketState {
             path: path.clone(),
@@ -224,9 +229,10 @@ pub async fn serve_workload_api(
                 let _ = stop_rx.wait_for(|stopped| *stopped).await;
             };
             // Every caller may call every method (authorization is per call, by uid); the
-            // guard still holds each message to the limit and counts calls for idle close.
+            // guard holds each uid to its share of calls, each message to the limit, and
+            // counts calls for idle close.
             let guard = GuardLayer::new(
-                Arc::new(|_: &str, _: &UdsConnectInfo| Ok(None)),
+                uid_shares.gate(),
                 MethodLimits::new(MAX_REQUEST_MESSAGE, &[]),
             )
             .with_message_shares(shares, caller_uid);
@@ -234,7 +240,7 @@ pub async fn serve_workload_api(
                 .layer(guard)
                 .serve_with_incoming_shutdown(
                     SpiffeWorkloadApiServer::new(api),
-                    Incoming::new(listener, idle_timeout),
+                    Incoming::new(listener, idle_timeout, uid_shares, path.clone()),
                     signal,
                 )
                 .await;
@@ -254,10 +260,7 @@ pub async fn serve_workload_api(
 
 /// A Workload API caller as its byte share knows it: its uid, which the kernel vouches for.
 fn caller_uid(info: &UdsConnectInfo) -> String {
-    match info.peer_cred.map(|cred| cred.uid()) {
-        Some(uid) => format!("uid {uid}"),
-        None => "uid unknown".to_owned(),
-    }
+    Uid::of(info).to_string()
 }
 
 async fn issue_all(
@@ -322,27 +325,36 @@ async fn bind(path: &Path) -> Result<UnixListener, WorkloadApiError> {
 
 /// Accepted connections for tonic. Accept errors (out of file descriptors, usually) back off
 /// instead of spinning: tonic itself retries them immediately. A connection without a call
-/// in flight for `idle_timeout` is closed.
+/// in flight for `idle_timeout` is closed, and one over its caller uid's share at once.
 struct Incoming {
     listener: UnixListener,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
     delay: Duration,
     idle_timeout: Duration,
+    shares: UidShares,
+    socket: PathBuf,
 }
 
 impl Incoming {
-    fn new(listener: UnixListener, idle_timeout: Duration) -> Self {
+    fn new(
+        listener: UnixListener,
+        idle_timeout: Duration,
+        shares: UidShares,
+        socket: PathBuf,
+    ) -> Self {
         Self {
             listener,
             backoff: None,
             delay: Duration::from_millis(5),
             idle_timeout,
+            shares,
+            socket,
         }
     }
 }
 
 impl tokio_stream::Stream for Incoming {
-    type Item = std::io::Result<IdleClose<AuthorityFix<UnixStream>>>;
+    type Item = std::io::Result<IdleClose<UidConn>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -354,11 +366,11 @@ impl tokio_stream::Stream for Incoming {
             match ready!(this.listener.poll_accept(cx)) {
                 Ok((stream, _)) => {
                     this.delay = Duration::from_millis(5);
-                    // C-core and Java clients name the socket in `:authority`; see h2_authority.
-                    return Poll::Ready(Some(Ok(IdleClose::new(
-                        AuthorityFix::new(stream),
-                        this.idle_timeout,
-                    ))));
+                    // C-core and Java clients name the socket in `:authority` (h2_authority,
+                    // inside `admit`). Over its uid's share, the stream is closed here.
+                    if let Some(conn) = this.shares.admit(stream, &this.socket) {
+                        return Poll::Ready(Some(Ok(IdleClose::new(conn, this.idle_timeout))));
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, backoff_ms = this.delay.as_millis() as u64, "Workload API accept failed; backing off");
