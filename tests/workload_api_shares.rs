@@ -1,8 +1,8 @@
 //! The Workload API's shares per caller uid: one local process cannot hold more than
 //! `limits.max_connections_per_peer` connections or `limits.max_streams_per_peer` calls in
-//! flight over the control plane's Workload API sockets, another uid is still served while
-//! it holds them all, and what it gives back is served again. Attacks go over real Unix
-//! sockets to a `warden control-plane` process.
+//! flight on a Workload API socket of the control plane; another uid, or the same uid on
+//! another pod's socket, is still served while it holds them all, and what it gives back is
+//! served again. Attacks go over real Unix sockets to a `warden control-plane` process.
 
 // The shared support of the abuse tests; this file uses part of it.
 #[allow(dead_code)]
@@ -94,9 +94,18 @@ fn connect_as(uid: u32, socket: &Path) -> std::io::Result<UnixStream> {
 }
 
 #[tokio::test]
-async fn one_uid_holds_at_most_its_share_of_connections_and_another_uid_is_still_served() {
+async fn a_uid_holds_at_most_its_share_of_connections_on_a_socket_and_others_are_still_served() {
     const SHARE: usize = 8;
-    let mesh = Mesh::start(&format!("[limits]\nmax_connections_per_peer = {SHARE}\n")).await;
+    // A second socket, as another pod's would be.
+    let elsewhere_dir = tempfile::tempdir().expect("tmp");
+    let elsewhere = elsewhere_dir.path().join("elsewhere.sock");
+    let mesh = Mesh::start(&format!(
+        "[limits]\nmax_connections_per_peer = {SHARE}\n\n\
+         [[workload_api]]\nsocket = \"{}\"\nspiffe_id = \"{}\"\n",
+        elsewhere.display(),
+        common::id("/ns/rag/sa/elsewhere")
+    ))
+    .await;
     // The whole share, once the Mesh's own checks have given their connections back.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut answered = loop {
@@ -133,6 +142,12 @@ async fn one_uid_holds_at_most_its_share_of_connections_and_another_uid_is_still
         refusals(&metrics, "limits.max_connections_per_peer") >= 1,
         "the refusal is not counted: {metrics}"
     );
+    // The same uid on another socket (another pod's) has a share of its own there.
+    let conn = UnixStream::connect(&elsewhere).await.expect("connect");
+    assert!(
+        served(conn).await.is_some(),
+        "the uid was refused on another socket while it held its share on the first"
+    );
     // Another uid has a share of its own.
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -158,7 +173,7 @@ async fn one_uid_holds_at_most_its_share_of_connections_and_another_uid_is_still
 }
 
 #[tokio::test]
-async fn one_uid_holds_at_most_its_share_of_calls_in_flight() {
+async fn a_uid_holds_at_most_its_share_of_calls_in_flight_on_a_socket() {
     const SHARE: usize = 4;
     let mesh = Mesh::start(&format!("[limits]\nmax_streams_per_peer = {SHARE}\n")).await;
     let channel = tonic::transport::Endpoint::from_shared(endpoint(&mesh.socket))

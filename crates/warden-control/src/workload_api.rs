@@ -173,8 +173,6 @@ pub async fn serve_workload_api(
     // One share per caller uid over every socket: a local process cannot make the control
     // plane hold more than `limits.max_message_bytes_per_peer` of partial messages.
     let shares = MessageShares::new(limits.max_message_bytes_per_peer);
-    // And one share of connections and of calls in flight per caller uid (`uid_shares.rs`).
-    let uid_shares = UidShares::new(limits.max_connections_per_peer, limits.max_streams_per_peer);
     let mut by_socket: Vec<(PathBuf, Vec<Entry>)> = Vec::new();
     for r in registrations {
         let entry = Entry {
@@ -195,7 +193,10 @@ pub async fn serve_workload_api(
     };
     for (path, entries) in by_socket {
         let shares = shares.clone();
-        let uid_shares = uid_shares.clone();
+        // And one share of connections and of calls in flight per caller uid on this socket
+        // (`uid_shares.rs`): pods that run as the same uid each have their own socket.
+        let uid_shares =
+            UidShares::new(limits.max_connections_per_peer, limits.max_streams_per_peer);
         let svids = issue_all(&ca, &entries, svid_ttl).await?;
         let state = Arc::new(SocketState {
             path: path.clone(),

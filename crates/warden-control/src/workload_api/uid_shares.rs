@@ -1,11 +1,13 @@
-//! Per-uid shares of the Workload API. Every socket is reachable by any local process that
-//! can reach its path, and a streaming call is never idle, so without a cap one process could
+//! Per-uid shares of the Workload API. A socket is reachable by any local process that can
+//! reach its path, and a streaming call is never idle, so without a cap one process could
 //! hold connections and calls until the control plane runs out of file descriptors and every
-//! other workload on the node waits for its SVID. Each caller uid (which the kernel vouches
-//! for, `SO_PEERCRED`) may hold at most `limits.max_connections_per_peer` connections and
-//! `limits.max_streams_per_peer` calls in flight, over every socket together: the figures the
-//! policy API applies per caller SPIFFE ID. Callers whose uid the kernel does not tell share
-//! one share.
+//! other workload on the node waits for its SVID. On each socket, each caller uid (which the
+//! kernel vouches for, `SO_PEERCRED`) may hold at most `limits.max_connections_per_peer`
+//! connections and `limits.max_streams_per_peer` calls in flight: the figures the policy API
+//! applies per caller SPIFFE ID. The shares are per socket as well as per uid because a
+//! socket is one pod's (the directory mounted into it) and many pods run as the same uid,
+//! root most often: a process in one pod must not use up what the next pod needs. Callers
+//! whose uid the kernel does not tell share one share.
 
 use std::fmt;
 use std::path::Path;
@@ -45,8 +47,7 @@ impl fmt::Display for Uid {
     }
 }
 
-/// The connection and call shares of every caller uid, over all sockets.
-#[derive(Clone)]
+/// The connection and call shares of every caller uid on one socket.
 pub(super) struct UidShares {
     connections: Arc<PeerCounts<Uid>>,
     streams: Arc<PeerCounts<Uid>>,
