@@ -1,6 +1,7 @@
 //! The Workload API's shares per caller uid: one local process cannot hold more than
-//! `limits.max_connections_per_peer` connections or `limits.max_streams_per_peer` calls in
-//! flight on a Workload API socket of the control plane; another uid, or the same uid on
+//! `limits.max_connections_per_peer` connections, `limits.max_streams_per_peer` calls in
+//! flight or `limits.max_message_bytes_per_peer` of partial messages on a Workload API
+//! socket of the control plane; another uid, or the same uid on
 //! another pod's socket, is still served while it holds them all, and what it gives back is
 //! served again. Attacks go over real Unix sockets to a `warden control-plane` process.
 
@@ -23,8 +24,8 @@ use common::workload_api::{endpoint, my_uid, with_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tonic::Code;
-use warden_proto::workload::X509svidRequest;
 use warden_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use warden_proto::workload::{JwtsvidRequest, X509svidRequest};
 
 /// A uid no registration names and no test runs as.
 const OTHER_UID: u32 = 65534;
@@ -248,4 +249,71 @@ async fn a_uid_holds_at_most_its_share_of_calls_in_flight_on_a_socket() {
     })
     .await;
     println!("calls refused while the Mesh's own check gave its slot back: {refused_early}");
+}
+
+/// A uid that holds its whole share of partial request messages on one socket still has
+/// its share on another: the FetchJWTSVID request it sends there (a few bytes, which the
+/// first socket would refuse) is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uids_share_of_partial_messages_on_one_socket_leaves_its_share_on_another() {
+    const SHARE: usize = 4 * 1024 * 1024;
+    const LIMIT: usize = 64 * 1024;
+    const CALLS: u32 = 72;
+    let elsewhere_dir = tempfile::tempdir().expect("tmp");
+    let elsewhere = elsewhere_dir.path().join("elsewhere.sock");
+    let mesh = Mesh::start(&format!(
+        "[limits]\nmax_message_bytes_per_peer = {SHARE}\n\n\
+         [[workload_api]]\nsocket = \"{}\"\nspiffe_id = \"{}\"\n",
+        elsewhere.display(),
+        common::id("/ns/rag/sa/elsewhere")
+    ))
+    .await;
+    // The whole share on the first socket: 64 calls each holding a 64 KiB message but one
+    // byte; the calls past it end RESOURCE_EXHAUSTED.
+    let mut h2 = mesh.workload_api_h2().await;
+    let mut body = h2raw::message_prefix(LIMIT as u32);
+    body.resize(5 + LIMIT - 1, 0x0a);
+    let streams: Vec<u32> = (0..CALLS).map(|i| 1 + 2 * i).collect();
+    let block = h2raw::grpc_request(
+        FETCH_X509,
+        h2raw::field(0, ":authority", b"localhost"),
+        &[("workload.spiffe.io", b"true")],
+    );
+    open_calls(&mut h2, &block, &streams).await;
+    let sent = send_partial_messages(&mut h2, &streams, &body, SHARE / LIMIT).await;
+    let (held, ended, exhausted) = held_and_exhausted(&streams, &sent);
+    assert_eq!(held, SHARE / LIMIT, "{sent:?}");
+    assert_eq!(exhausted, ended, "{sent:?}");
+    // A request of a few bytes on the other socket, while the first is held.
+    let fetch = |socket: std::path::PathBuf| async move {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint(&socket))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        SpiffeWorkloadApiClient::new(channel)
+            .fetch_jwtsvid(with_header(JwtsvidRequest {
+                audience: vec!["spiffe://example.org/ns/rag/sa/retriever".to_owned()],
+                spiffe_id: String::new(),
+            }))
+            .await
+    };
+    let there = within("FetchJWTSVID on the other socket", ANSWER, fetch(elsewhere)).await;
+    assert!(
+        there.is_ok_and(|r| !r.into_inner().svids.is_empty()),
+        "the uid's full share on one socket refused its request on another"
+    );
+    // The first socket's share is still held: the same request there is refused.
+    let here = within(
+        "FetchJWTSVID on the held socket",
+        ANSWER,
+        fetch(mesh.socket.clone()),
+    )
+    .await;
+    assert_eq!(
+        here.map(|_| ()).map_err(|s| s.code()),
+        Err(Code::ResourceExhausted),
+        "a request over the held share was served"
+    );
+    drop(h2);
 }

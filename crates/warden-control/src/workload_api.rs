@@ -170,9 +170,6 @@ pub async fn serve_workload_api(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<WorkloadApiHandle, WorkloadApiError> {
     let idle_timeout = limits.idle_timeout;
-    // One share per caller uid over every socket: a local process cannot make the control
-    // plane hold more than `limits.max_message_bytes_per_peer` of partial messages.
-    let shares = MessageShares::new(limits.max_message_bytes_per_peer);
     let mut by_socket: Vec<(PathBuf, Vec<Entry>)> = Vec::new();
     for r in registrations {
         let entry = Entry {
@@ -192,9 +189,12 @@ pub async fn serve_workload_api(
         sockets: Vec::new(),
     };
     for (path, entries) in by_socket {
-        let shares = shares.clone();
-        // And one share of connections and of calls in flight per caller uid on this socket
-        // (`uid_shares.rs`): pods that run as the same uid each have their own socket.
+        // Each caller uid has its shares on this socket, of connections and calls in flight
+        // (`uid_shares.rs`) and of partial request messages: a local process cannot make the
+        // control plane hold more than `limits.max_message_bytes_per_peer` for it. Per
+        // socket, because a socket is one pod's and pods that run as the same uid must not
+        // use up each other's shares.
+        let shares = MessageShares::new(limits.max_message_bytes_per_peer);
         let uid_shares =
             UidShares::new(limits.max_connections_per_peer, limits.max_streams_per_peer);
         let svids = issue_all(&ca, &entries, svid_ttl).await?;

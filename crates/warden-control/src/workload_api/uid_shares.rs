@@ -4,10 +4,11 @@
 //! other workload on the node waits for its SVID. On each socket, each caller uid (which the
 //! kernel vouches for, `SO_PEERCRED`) may hold at most `limits.max_connections_per_peer`
 //! connections and `limits.max_streams_per_peer` calls in flight: the figures the policy API
-//! applies per caller SPIFFE ID. The shares are per socket as well as per uid because a
-//! socket is one pod's (the directory mounted into it) and many pods run as the same uid,
-//! root most often: a process in one pod must not use up what the next pod needs. Callers
-//! whose uid the kernel does not tell share one share.
+//! applies per caller SPIFFE ID. (Its share of `limits.max_message_bytes_per_peer` is kept
+//! by `grpc_limits::MessageShares`, also per socket.) The shares are per socket as well as
+//! per uid because a socket is one pod's (the directory mounted into it) and many pods run
+//! as the same uid, root most often: a process in one pod must not use up what the next pod
+//! needs. Callers whose uid the kernel does not tell share one share.
 
 use std::fmt;
 use std::path::Path;
