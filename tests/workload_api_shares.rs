@@ -94,19 +94,25 @@ fn connect_as(uid: u32, socket: &Path) -> std::io::Result<UnixStream> {
     UnixStream::from_std(std_conn)
 }
 
-#[tokio::test]
-async fn a_uid_holds_at_most_its_share_of_connections_on_a_socket_and_others_are_still_served() {
-    const SHARE: usize = 8;
-    // A second socket, as another pod's would be.
-    let elsewhere_dir = tempfile::tempdir().expect("tmp");
-    let elsewhere = elsewhere_dir.path().join("elsewhere.sock");
+/// A Mesh whose control plane serves a second Workload API socket, as another pod's would
+/// be, with `limit` (one `[limits]` line) applied; the second socket's path and its directory.
+async fn mesh_with_second_socket(limit: &str) -> (Mesh, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let elsewhere = dir.path().join("elsewhere.sock");
     let mesh = Mesh::start(&format!(
-        "[limits]\nmax_connections_per_peer = {SHARE}\n\n\
-         [[workload_api]]\nsocket = \"{}\"\nspiffe_id = \"{}\"\n",
+        "[limits]\n{limit}\n\n[[workload_api]]\nsocket = \"{}\"\nspiffe_id = \"{}\"\n",
         elsewhere.display(),
         common::id("/ns/rag/sa/elsewhere")
     ))
     .await;
+    (mesh, elsewhere, dir)
+}
+
+#[tokio::test]
+async fn a_uid_holds_at_most_its_share_of_connections_on_a_socket_and_others_are_still_served() {
+    const SHARE: usize = 8;
+    let (mesh, elsewhere, _dir) =
+        mesh_with_second_socket(&format!("max_connections_per_peer = {SHARE}")).await;
     // The whole share, once the Mesh's own checks have given their connections back.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut answered = loop {
@@ -259,15 +265,8 @@ async fn a_uids_share_of_partial_messages_on_one_socket_leaves_its_share_on_anot
     const SHARE: usize = 4 * 1024 * 1024;
     const LIMIT: usize = 64 * 1024;
     const CALLS: u32 = 72;
-    let elsewhere_dir = tempfile::tempdir().expect("tmp");
-    let elsewhere = elsewhere_dir.path().join("elsewhere.sock");
-    let mesh = Mesh::start(&format!(
-        "[limits]\nmax_message_bytes_per_peer = {SHARE}\n\n\
-         [[workload_api]]\nsocket = \"{}\"\nspiffe_id = \"{}\"\n",
-        elsewhere.display(),
-        common::id("/ns/rag/sa/elsewhere")
-    ))
-    .await;
+    let (mesh, elsewhere, _dir) =
+        mesh_with_second_socket(&format!("max_message_bytes_per_peer = {SHARE}")).await;
     // The whole share on the first socket: 64 calls each holding a 64 KiB message but one
     // byte; the calls past it end RESOURCE_EXHAUSTED.
     let mut h2 = mesh.workload_api_h2().await;
